@@ -1,0 +1,82 @@
+-- im-server schema, version 1. Applied to a new database by src/store/schema.rs, which sets
+-- PRAGMA user_version to the version. Design notes for the write path are in README.md
+-- ("Storage"); in short: a message insert touches two B-trees that both append or stay local
+-- (the rowid table and the (channel, id) index), and delivery and read state are cursors
+-- updated in place, never a row per message per recipient.
+
+-- Server-wide values, such as the secret behind fake login salts.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+
+-- Accounts. Only the SCRAM verifier is kept: salt, iterations, StoredKey, ServerKey.
+-- delivered_up_to is the user's delivery cursor for direct messages and friend events.
+CREATE TABLE users (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT    NOT NULL,
+    name_key        TEXT    NOT NULL UNIQUE, -- lowercase name: names are unique ignoring case
+    salt            BLOB    NOT NULL,
+    iterations      INTEGER NOT NULL,
+    stored_key      BLOB    NOT NULL,
+    server_key      BLOB    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    delivered_up_to INTEGER NOT NULL DEFAULT 0
+);
+
+-- One row per direction for each pair of users who are or were friends. A former friendship
+-- (state 0) keeps the conversation: its history stays readable by both.
+-- read_up_to is the read receipt: user_id has read peer_id's messages up to that id.
+CREATE TABLE contacts (
+    user_id    INTEGER NOT NULL REFERENCES users(id),
+    peer_id    INTEGER NOT NULL REFERENCES users(id),
+    state      INTEGER NOT NULL, -- 1 friends, 0 former friends
+    since      INTEGER NOT NULL,
+    read_up_to INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, peer_id)
+) WITHOUT ROWID;
+
+-- Pending friend requests; a row is removed when answered.
+CREATE TABLE friend_requests (
+    from_id    INTEGER NOT NULL REFERENCES users(id),
+    to_id      INTEGER NOT NULL REFERENCES users(id),
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (from_id, to_id)
+) WITHOUT ROWID;
+CREATE INDEX friend_requests_by_target ON friend_requests (to_id, from_id);
+
+CREATE TABLE groups (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    owner_id   INTEGER REFERENCES users(id), -- NULL for the built-in lobby
+    created_at INTEGER NOT NULL
+);
+
+-- delivered_up_to is the member's delivery cursor in this group, moved by ACK.
+CREATE TABLE group_members (
+    group_id        INTEGER NOT NULL REFERENCES groups(id),
+    user_id         INTEGER NOT NULL REFERENCES users(id),
+    joined_at       INTEGER NOT NULL,
+    delivered_up_to INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX group_members_by_user ON group_members (user_id, group_id);
+
+-- Every message of every conversation, and every friend event, in one table. The id is
+-- assigned by the server, strictly increasing. channel names the conversation
+-- (src/store/channel.rs): a direct pair, a group, or a user's own event feed.
+-- sender has no foreign key on purpose: the check would cost a lookup per insert on the hot
+-- path, and senders are never deleted.
+CREATE TABLE messages (
+    id            INTEGER PRIMARY KEY,
+    channel       INTEGER NOT NULL,
+    sender        INTEGER NOT NULL,
+    client_msg_id INTEGER NOT NULL, -- the sender's id for retries (u64 stored as i64)
+    kind          INTEGER NOT NULL, -- 0 text; 1..4 a friend event (PROTOCOL.md FRIEND_EVENT)
+    sent_at       INTEGER NOT NULL, -- milliseconds since the Unix epoch
+    body          BLOB    NOT NULL
+);
+CREATE INDEX messages_by_channel ON messages (channel, id);
+
+-- Group 1 is the lobby, which every user joins at registration.
+INSERT INTO groups (id, name, owner_id, created_at) VALUES (1, 'lobby', NULL, 0);

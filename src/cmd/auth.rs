@@ -1,0 +1,178 @@
+//! HELLO, PING, REGISTER, the two SCRAM login steps, and LOGOUT.
+
+use super::{Ctx, Origin, Outcome, name_of, notify, refuse};
+use crate::conn::{CloseReason, ConnState, PendingLogin};
+use crate::protocol::request::Registration;
+use crate::protocol::response::{self, ServerLimits};
+use crate::protocol::{ErrorCode, PROTOCOL_VERSION};
+use crate::scram::{self, KEY_LEN, Key, SERVER_NONCE_LEN};
+use crate::store::Channel;
+use crate::store::{NewUser, UserId};
+use crate::sync::{Backlog, SourceSpec};
+use crate::world::World;
+
+/// Failed logins after which a connection is closed.
+pub const MAX_FAILED_LOGINS: u8 = 5;
+
+pub fn ping(ctx: &mut Ctx, o: &mut Origin) -> Outcome {
+    let id = o.request_id;
+    ctx.outbox.respond(o.token, id, |b| response::pong(b, id));
+    Ok(())
+}
+
+pub fn hello(ctx: &mut Ctx, o: &mut Origin, version: u16) -> Outcome {
+    if version != PROTOCOL_VERSION {
+        o.conn.close(CloseReason::ProtocolError);
+        return refuse(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1 only");
+    }
+    o.conn.state = ConnState::Unauthenticated;
+    let limits = ServerLimits {
+        max_frame: ctx.config.max_frame,
+        max_frame_before_login: ctx.config.max_frame_before_login,
+        max_body: ctx.config.max_body,
+        idle_timeout_secs: ctx.config.idle_timeout.min(u32::MAX as u64) as u32,
+    };
+    let id = o.request_id;
+    ctx.outbox.respond(o.token, id, |b| response::hello_ok(b, id, &limits));
+    Ok(())
+}
+
+/// Usernames are 1–32 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_username(name: &str) -> bool {
+    (1..=32).contains(&name.len()) && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
+}
+
+pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
+    if !valid_username(r.username) {
+        return refuse(ErrorCode::InvalidUsername, "a username is 1 to 32 characters of A-Z, a-z, 0-9, _ . -");
+    }
+    if r.iterations < ctx.config.min_kdf_iterations {
+        return refuse(
+            ErrorCode::WeakCredentials,
+            "the key derivation uses fewer iterations than this server requires",
+        );
+    }
+    if !(16..=64).contains(&r.salt.len()) || r.stored_key.len() != KEY_LEN || r.server_key.len() != KEY_LEN {
+        return refuse(ErrorCode::WeakCredentials, "the salt must be 16 to 64 bytes and each key 32 bytes");
+    }
+    let name_key = r.username.to_ascii_lowercase();
+    let created = ctx.store.create_user(&NewUser {
+        name: r.username,
+        name_key: &name_key,
+        salt: r.salt,
+        iterations: r.iterations,
+        stored_key: r.stored_key,
+        server_key: r.server_key,
+        now_ms: ctx.now_ms,
+    })?;
+    if created.is_none() {
+        return refuse(ErrorCode::UsernameTaken, "that username is taken");
+    }
+    let id = o.request_id;
+    ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
+    Ok(())
+}
+
+fn key_from(bytes: &[u8]) -> Key {
+    let mut key = [0u8; KEY_LEN];
+    if bytes.len() == KEY_LEN {
+        key.copy_from_slice(bytes);
+    }
+    key
+}
+
+pub fn login_start(ctx: &mut Ctx, o: &mut Origin, username: &str, client_nonce: &[u8]) -> Outcome {
+    if !(16..=64).contains(&client_nonce.len()) {
+        return refuse(ErrorCode::InvalidArgument, "the client nonce must be 16 to 64 bytes");
+    }
+    let name_key = username.to_ascii_lowercase();
+    let found = if valid_username(username) { ctx.store.find_user(&name_key)? } else { None };
+    // An unknown name gets a challenge like a real one; its all-zero StoredKey matches no proof.
+    let (user, salt, iterations, stored_key, server_key) = match found {
+        Some(u) => (Some((u.id, u.name)), u.salt, u.iterations, key_from(&u.stored_key), key_from(&u.server_key)),
+        None => {
+            let salt = scram::fake_salt(ctx.server_secret, &name_key).to_vec();
+            (None, salt, scram::DEFAULT_ITERATIONS, [0u8; KEY_LEN], [0u8; KEY_LEN])
+        }
+    };
+    let mut nonce = Vec::with_capacity(client_nonce.len() + SERVER_NONCE_LEN);
+    nonce.extend_from_slice(client_nonce);
+    let mut server_nonce = [0u8; SERVER_NONCE_LEN];
+    if getrandom::fill(&mut server_nonce).is_err() {
+        return refuse(ErrorCode::StoreUnavailable, "the server could not draw random bytes; try again");
+    }
+    nonce.extend_from_slice(&server_nonce);
+    let auth_message = scram::auth_message(username, client_nonce, &salt, iterations, &nonce);
+    o.conn.state = ConnState::Authenticating(Box::new(PendingLogin { user, stored_key, server_key, auth_message }));
+    let id = o.request_id;
+    ctx.outbox.respond(o.token, id, |b| response::login_challenge(b, id, &salt, iterations, &nonce));
+    Ok(())
+}
+
+pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8]) -> Outcome {
+    let ConnState::Authenticating(pending) = std::mem::replace(&mut o.conn.state, ConnState::Unauthenticated) else {
+        return refuse(ErrorCode::InvalidState, "LOGIN_FINISH needs a LOGIN_START first");
+    };
+    let verified = scram::verify_proof(&pending.stored_key, &pending.auth_message, proof);
+    let Some((user, name)) = pending.user.filter(|_| verified) else {
+        o.conn.failed_logins += 1;
+        if o.conn.failed_logins >= MAX_FAILED_LOGINS {
+            log::info!("closing a connection after {MAX_FAILED_LOGINS} failed logins");
+            o.conn.close(CloseReason::TooManyAttempts);
+            return refuse(ErrorCode::TooManyAttempts, "too many failed logins; the connection is closed");
+        }
+        return refuse(ErrorCode::AuthFailed, "wrong username or password");
+    };
+    // Read everything the session needs before answering, so a database failure leaves the
+    // connection logged out with a single error.
+    let backlog = backlog_of(ctx, user, &name)?;
+    let store = &*ctx.store;
+    let change = ctx.world.start_session(user, &name, o.token, || World::snapshot(store, user))?;
+    let signature = scram::server_signature(&pending.server_key, &pending.auth_message);
+    let id = o.request_id;
+    ctx.outbox.respond(o.token, id, |b| response::login_ok(b, id, &signature, &name));
+    let friends: Vec<UserId> =
+        ctx.world.user(user).map(|u| u.friends.values().map(|f| f.id).collect()).unwrap_or_default();
+    notify::presence(ctx, &name, change, &friends);
+    o.conn.state = ConnState::Authenticated { user };
+    o.conn.backlog = Some(Box::new(backlog));
+    log::debug!("user {user} logged in");
+    Ok(())
+}
+
+/// Everything past the user's cursors, up to the newest message id now.
+fn backlog_of(ctx: &Ctx, user: UserId, name: &str) -> Result<Backlog, crate::store::StoreError> {
+    let direct_after = ctx.store.delivered_up_to(user)?;
+    let mut specs: Vec<SourceSpec> = ctx
+        .store
+        .contacts(user)?
+        .into_iter()
+        .map(|c| SourceSpec { channel: Channel::direct(user, c.peer), after: direct_after, group_id: None })
+        .collect();
+    for m in ctx.store.memberships(user)? {
+        specs.push(SourceSpec {
+            channel: Channel::group(m.group),
+            after: m.delivered_up_to,
+            group_id: Some(m.group as u64),
+        });
+    }
+    Ok(Backlog::new(user, name, direct_after, ctx.store.last_message_id(), specs))
+}
+
+/// Ends this connection's session; the last session of a user takes them offline.
+pub fn end_session(ctx: &mut Ctx, token: crate::world::Token, user: UserId) {
+    let name = name_of(ctx, user);
+    let friends: Vec<UserId> =
+        ctx.world.user(user).map(|u| u.friends.values().map(|f| f.id).collect()).unwrap_or_default();
+    let change = ctx.world.end_session(user, token);
+    notify::presence(ctx, &name, change, &friends);
+}
+
+pub fn logout(ctx: &mut Ctx, o: &mut Origin, user: UserId) -> Outcome {
+    end_session(ctx, o.token, user);
+    o.conn.state = ConnState::Unauthenticated;
+    o.conn.backlog = None;
+    let id = o.request_id;
+    ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
+    Ok(())
+}

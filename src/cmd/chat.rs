@@ -1,0 +1,105 @@
+//! SEND, ACK and READ: direct messages, acknowledgement of delivery, read receipts.
+
+use super::{Ctx, Origin, Outcome, check_body, name_of, refuse};
+use crate::outbox::FrameKind;
+use crate::protocol::ErrorCode;
+use crate::protocol::response::{self, Conversation, Delivery};
+use crate::store::{Channel, MessageId, MessageKind, NewMessage, UserId};
+use crate::world::Token;
+use std::rc::Rc;
+
+/// Answers a retry with its original `SENT`. If the original is still in the uncommitted
+/// transaction, the answer waits for the commit like the original's.
+pub(super) fn answer_retry(ctx: &mut Ctx, o: &Origin, id: MessageId, sent_at: i64) -> Outcome {
+    if ctx.store.is_uncommitted(id) {
+        ctx.outbox.mark_needs_commit();
+    }
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::sent(b, rid, id as u64, sent_at as u64));
+    Ok(())
+}
+
+/// Stages one `DELIVER` frame for the recipients' connections (as items, held back during a
+/// backlog) and the sender's other connections (as plain pushes: their own messages are not
+/// part of any backlog). A frame for more than one connection is encoded once and shared.
+pub(super) fn fan_out(ctx: &mut Ctx, delivery: &Delivery, items: &[Token], pushes: &[Token]) {
+    match items.len() + pushes.len() {
+        0 => {}
+        1 => {
+            let (to, kind) =
+                if let Some(&t) = items.first() { (t, FrameKind::Item) } else { (pushes[0], FrameKind::Push) };
+            ctx.outbox.stage(to, kind, |b| response::deliver(b, delivery));
+        }
+        _ => {
+            let mut buf = Vec::new();
+            response::deliver(&mut buf, delivery);
+            let frame: Rc<[u8]> = buf.into();
+            ctx.outbox.stage_shared(items.iter().copied(), FrameKind::Item, &frame);
+            ctx.outbox.stage_shared(pushes.iter().copied(), FrameKind::Push, &frame);
+        }
+    }
+}
+
+/// The sender's connections other than the one that sent.
+pub(super) fn other_sessions(ctx: &Ctx, me: UserId, except: Token) -> Vec<Token> {
+    ctx.world.sessions(me).iter().copied().filter(|&t| t != except).collect()
+}
+
+pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, to: &str, client_msg_id: u64, body: &str) -> Outcome {
+    let Some(friend) = ctx.world.user(me).and_then(|u| u.friend_by_name(to)).cloned() else {
+        return refuse(ErrorCode::NotFriends, "you can only message your friends");
+    };
+    check_body(ctx, body)?;
+    if let Some((id, sent_at)) = ctx.world.retries.get(me, client_msg_id) {
+        return answer_retry(ctx, o, id, sent_at);
+    }
+    let sent_at = ctx.now_ms;
+    let id = ctx.store.insert_message(&NewMessage {
+        channel: Channel::direct(me, friend.id),
+        sender: me,
+        client_msg_id,
+        kind: MessageKind::Text,
+        sent_at,
+        body: body.as_bytes(),
+    })?;
+    ctx.world.retries.remember(me, client_msg_id, id, sent_at);
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::sent(b, rid, id as u64, sent_at as u64));
+
+    let my_name = name_of(ctx, me);
+    let delivery = Delivery {
+        message_id: id as u64,
+        timestamp_ms: sent_at as u64,
+        from: &my_name,
+        conversation: Conversation::Direct { to: &friend.name },
+        body: body.as_bytes(),
+    };
+    let items = ctx.world.sessions(friend.id).to_vec();
+    let pushes = other_sessions(ctx, me, o.token);
+    fan_out(ctx, &delivery, &items, &pushes);
+    Ok(())
+}
+
+pub fn ack(ctx: &mut Ctx, o: &mut Origin, me: UserId, up_to: u64) -> Outcome {
+    // A cursor never passes the newest id: acknowledging the future would lose it.
+    let up_to = (up_to.min(i64::MAX as u64) as i64).min(ctx.store.last_message_id());
+    ctx.store.acknowledge(me, up_to)?;
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
+    Ok(())
+}
+
+pub fn read(ctx: &mut Ctx, o: &mut Origin, me: UserId, peer: &str, up_to: u64) -> Outcome {
+    let Some(friend) = ctx.world.user(me).and_then(|u| u.friend_by_name(peer)).cloned() else {
+        return refuse(ErrorCode::NotFriends, "read receipts are for conversations with friends");
+    };
+    let up_to = (up_to.min(i64::MAX as u64) as i64).min(ctx.store.last_message_id());
+    ctx.store.set_read_up_to(me, friend.id, up_to)?;
+    let my_name = name_of(ctx, me);
+    for &t in ctx.world.sessions(friend.id) {
+        ctx.outbox.stage(t, FrameKind::Push, |b| response::read_receipt(b, &my_name, up_to as u64));
+    }
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
+    Ok(())
+}

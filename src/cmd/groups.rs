@@ -1,0 +1,139 @@
+//! GROUP_CREATE, GROUP_INVITE, GROUP_LEAVE, GROUP_MEMBERS, GROUP_LIST, GROUP_SEND.
+
+use super::chat::{answer_retry, fan_out, other_sessions};
+use super::{Ctx, Origin, Outcome, check_body, name_of, refuse};
+use crate::outbox::FrameKind;
+use crate::protocol::ErrorCode;
+use crate::protocol::response::{self, Conversation, Delivery, GroupEntry, GroupEvent, MemberEntry};
+use crate::store::{Channel, GroupId, MessageKind, NewMessage, UserId};
+use crate::world::Token;
+
+const NOT_A_MEMBER: &str = "you are not a member of that group";
+
+/// The group, if `me` is a member of it. Non-members get the same answer whether the group
+/// exists or not.
+fn member_group(ctx: &Ctx, me: UserId, group_id: u64) -> Result<GroupId, super::Refusal> {
+    let group = i64::try_from(group_id).unwrap_or(-1);
+    if ctx.world.is_member(me, group) {
+        Ok(group)
+    } else {
+        Err(super::Refusal::Error(ErrorCode::Forbidden, NOT_A_MEMBER))
+    }
+}
+
+fn online_sessions(ctx: &Ctx, group: GroupId) -> Vec<Token> {
+    ctx.world.online_members(group).flat_map(|u| ctx.world.sessions(u).iter().copied()).collect()
+}
+
+fn group_event(ctx: &mut Ctx, group: GroupId, event: GroupEvent, username: &str) {
+    let group_name = ctx.world.groups.get(&group).map(|g| g.name.clone()).unwrap_or_default();
+    for t in online_sessions(ctx, group) {
+        ctx.outbox.stage(t, FrameKind::Push, |b| response::group_event(b, group as u64, event, username, &group_name));
+    }
+}
+
+pub fn create(ctx: &mut Ctx, o: &mut Origin, me: UserId, name: &str) -> Outcome {
+    let chars = name.chars().count();
+    if !(1..=64).contains(&chars) || name.trim().is_empty() {
+        return refuse(ErrorCode::InvalidArgument, "a group name is 1 to 64 characters");
+    }
+    let group = ctx.store.create_group(name, me, ctx.now_ms)?;
+    ctx.world.join_group(me, group, name);
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::group_created(b, rid, group as u64));
+    Ok(())
+}
+
+pub fn invite(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, username: &str) -> Outcome {
+    let group = member_group(ctx, me, group_id)?;
+    let Some((them, their_name)) = ctx.store.find_user_id(&username.to_ascii_lowercase())? else {
+        return refuse(ErrorCode::UserNotFound, "there is no user with that name");
+    };
+    if ctx.store.is_member(group, them)? {
+        return refuse(ErrorCode::AlreadyMember, "that user is already a member");
+    }
+    ctx.store.add_member(group, them, ctx.now_ms)?;
+    let group_name = ctx.world.groups.get(&group).map(|g| g.name.clone()).unwrap_or_default();
+    ctx.world.join_group(them, group, &group_name);
+    group_event(ctx, group, GroupEvent::Joined, &their_name);
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
+    Ok(())
+}
+
+pub fn leave(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64) -> Outcome {
+    let group = member_group(ctx, me, group_id)?;
+    ctx.store.remove_member(group, me)?;
+    let my_name = name_of(ctx, me);
+    group_event(ctx, group, GroupEvent::Left, &my_name);
+    ctx.world.leave_group(me, group);
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
+    Ok(())
+}
+
+pub fn members(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64) -> Outcome {
+    let group = member_group(ctx, me, group_id)?;
+    let Some(info) = ctx.store.group_info(group)? else {
+        return refuse(ErrorCode::Forbidden, NOT_A_MEMBER);
+    };
+    let mut members: Vec<MemberEntry> = info
+        .members
+        .into_iter()
+        .map(|(id, username)| MemberEntry { username, online: ctx.world.is_online(id), owner: info.owner == Some(id) })
+        .collect();
+    members.sort_by_key(|m| m.username.to_ascii_lowercase());
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::group_members(b, rid, group as u64, &members));
+    Ok(())
+}
+
+pub fn list(ctx: &mut Ctx, o: &mut Origin, me: UserId) -> Outcome {
+    let groups: Vec<GroupEntry> = ctx
+        .store
+        .group_summaries(me)?
+        .into_iter()
+        .map(|g| GroupEntry { group_id: g.id as u64, name: g.name, owner: g.owner, members: g.members })
+        .collect();
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::group_list(b, rid, &groups));
+    Ok(())
+}
+
+pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, client_msg_id: u64, body: &str) -> Outcome {
+    let group = member_group(ctx, me, group_id)?;
+    check_body(ctx, body)?;
+    if let Some((id, sent_at)) = ctx.world.retries.get(me, client_msg_id) {
+        return answer_retry(ctx, o, id, sent_at);
+    }
+    let sent_at = ctx.now_ms;
+    let id = ctx.store.insert_message(&NewMessage {
+        channel: Channel::group(group),
+        sender: me,
+        client_msg_id,
+        kind: MessageKind::Text,
+        sent_at,
+        body: body.as_bytes(),
+    })?;
+    ctx.world.retries.remember(me, client_msg_id, id, sent_at);
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::sent(b, rid, id as u64, sent_at as u64));
+
+    let my_name = name_of(ctx, me);
+    let delivery = Delivery {
+        message_id: id as u64,
+        timestamp_ms: sent_at as u64,
+        from: &my_name,
+        conversation: Conversation::Group { group_id: group as u64 },
+        body: body.as_bytes(),
+    };
+    let items: Vec<Token> = ctx
+        .world
+        .online_members(group)
+        .filter(|&u| u != me)
+        .flat_map(|u| ctx.world.sessions(u).iter().copied())
+        .collect();
+    let pushes = other_sessions(ctx, me, o.token);
+    fan_out(ctx, &delivery, &items, &pushes);
+    Ok(())
+}

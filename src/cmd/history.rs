@@ -1,0 +1,55 @@
+//! HISTORY: pages of a conversation, newest first, for its participants only.
+
+use super::{Ctx, Origin, Outcome, refuse};
+use crate::protocol::ErrorCode;
+use crate::protocol::request::HistoryTarget;
+use crate::protocol::response::{self, HistoryEntry};
+use crate::store::{Channel, UserId};
+
+pub const MAX_LIMIT: u16 = 200;
+const NOT_A_PARTICIPANT: &str = "you are not a participant of that conversation";
+
+pub fn page(ctx: &mut Ctx, o: &mut Origin, me: UserId, target: HistoryTarget, before: u64, limit: u16) -> Outcome {
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return refuse(ErrorCode::InvalidArgument, "limit must be 1 to 200");
+    }
+    let channel = match target {
+        HistoryTarget::Direct { peer } => {
+            let Some((peer_id, _)) = ctx.store.find_user_id(&peer.to_ascii_lowercase())? else {
+                return refuse(ErrorCode::Forbidden, NOT_A_PARTICIPANT);
+            };
+            if peer_id == me || ctx.store.contact_state(me, peer_id)?.is_none() {
+                return refuse(ErrorCode::Forbidden, NOT_A_PARTICIPANT);
+            }
+            Channel::direct(me, peer_id)
+        }
+        HistoryTarget::Group { group_id } => {
+            let group = i64::try_from(group_id).unwrap_or(-1);
+            if !ctx.world.is_member(me, group) {
+                return refuse(ErrorCode::Forbidden, NOT_A_PARTICIPANT);
+            }
+            Channel::group(group)
+        }
+    };
+    let before = if before == 0 { i64::MAX } else { before.min(i64::MAX as u64) as i64 };
+    // One row more than asked tells whether another page exists.
+    let mut rows = ctx.store.history(channel, before, limit as usize + 1)?;
+    let next_before = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map_or(0, |r| r.id as u64)
+    } else {
+        0
+    };
+    let entries: Vec<HistoryEntry> = rows
+        .into_iter()
+        .map(|r| HistoryEntry {
+            message_id: r.id as u64,
+            timestamp_ms: r.sent_at as u64,
+            sender: r.sender,
+            body: String::from_utf8_lossy(&r.body).into_owned(),
+        })
+        .collect();
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::history_page(b, rid, &entries, next_before));
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Commands: one file per family. Each handler parses nothing itself (the protocol module
+//! decoded the request), checks the connection's right to it, applies it to the store and the
+//! world, and stages its answer and pushes in the outbox. No handler does socket IO.
+
+mod auth;
+mod chat;
+mod friends;
+mod groups;
+mod history;
+mod notify;
+
+pub use auth::end_session;
+
+use crate::config::Config;
+use crate::conn::{Conn, ConnState};
+use crate::outbox::Outbox;
+use crate::protocol::{ErrorCode, FrameHeader, Request};
+use crate::store::{Store, StoreError, UserId};
+use crate::world::{Token, World};
+
+/// Everything a command may touch besides its own connection.
+pub struct Ctx<'a> {
+    pub store: &'a mut Store,
+    pub world: &'a mut World,
+    pub outbox: &'a mut Outbox,
+    pub config: &'a Config,
+    pub server_secret: &'a [u8],
+    /// Wall-clock time of this loop iteration, in milliseconds since the Unix epoch.
+    pub now_ms: i64,
+}
+
+/// The connection a request arrived on.
+pub struct Origin<'c> {
+    pub token: Token,
+    pub request_id: u32,
+    pub conn: &'c mut Conn,
+}
+
+/// A handler's failure: an error code and a sentence, or a database failure.
+pub enum Refusal {
+    Error(ErrorCode, &'static str),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+pub type Outcome = Result<(), Refusal>;
+
+pub fn refuse(code: ErrorCode, message: &'static str) -> Outcome {
+    Err(Refusal::Error(code, message))
+}
+
+/// Handles one complete frame from a connection.
+pub fn dispatch(ctx: &mut Ctx, token: Token, conn: &mut Conn, frame: FrameHeader) {
+    ctx.outbox.begin_command();
+    let writes_before = ctx.store.write_count();
+    let request_id = frame.request_id;
+    let mut origin = Origin { token, request_id, conn };
+    let outcome = match Request::decode(frame.opcode, frame.body) {
+        Ok(request) => route(ctx, &mut origin, request),
+        Err(e) => refuse(ErrorCode::MalformedFrame, e.describe()),
+    };
+    match outcome {
+        Ok(()) => {}
+        Err(Refusal::Error(code, message)) => ctx.outbox.error(token, request_id, code, message),
+        Err(Refusal::Store(e)) => {
+            log::error!("request failed in the store: {e}");
+            ctx.outbox.error(
+                token,
+                request_id,
+                ErrorCode::StoreUnavailable,
+                "the database failed; nothing was stored, try again",
+            );
+        }
+    }
+    ctx.outbox.end_command(ctx.store.write_count() != writes_before);
+}
+
+/// Checks the request against the connection's state (PROTOCOL.md §2) and runs it.
+fn route(ctx: &mut Ctx, o: &mut Origin, request: Request) -> Outcome {
+    use Request as R;
+    match (&o.conn.state, request) {
+        (_, R::Unknown { .. }) => refuse(ErrorCode::UnknownOpcode, "unknown opcode"),
+        (_, R::Ping) => auth::ping(ctx, o),
+        (ConnState::AwaitHello, R::Hello { version }) => auth::hello(ctx, o, version),
+        (ConnState::AwaitHello, _) => refuse(ErrorCode::HelloRequired, "send HELLO first"),
+        (_, R::Hello { .. }) => refuse(ErrorCode::InvalidState, "HELLO was already sent"),
+        (ConnState::Unauthenticated, R::Register(r)) => auth::register(ctx, o, &r),
+        (ConnState::Unauthenticated, R::LoginStart { username, client_nonce }) => {
+            auth::login_start(ctx, o, username, client_nonce)
+        }
+        (ConnState::Authenticating(_), R::LoginFinish { client_proof }) => auth::login_finish(ctx, o, client_proof),
+        (_, R::Register(_) | R::LoginStart { .. } | R::LoginFinish { .. }) => {
+            refuse(ErrorCode::InvalidState, "that login step is not expected now")
+        }
+        (&ConnState::Authenticated { user }, request) => authenticated(ctx, o, user, request),
+        (_, _) => refuse(ErrorCode::NotAuthenticated, "log in first"),
+    }
+}
+
+fn authenticated(ctx: &mut Ctx, o: &mut Origin, user: UserId, request: Request) -> Outcome {
+    use Request as R;
+    match request {
+        R::Logout => auth::logout(ctx, o, user),
+        R::FriendRequest { username } => friends::request(ctx, o, user, username),
+        R::FriendAccept { username } => friends::answer(ctx, o, user, username, friends::Answer::Accept),
+        R::FriendDecline { username } => friends::answer(ctx, o, user, username, friends::Answer::Decline),
+        R::FriendRemove { username } => friends::remove(ctx, o, user, username),
+        R::FriendList => friends::list(ctx, o, user),
+        R::Send { to, client_msg_id, body } => chat::send(ctx, o, user, to, client_msg_id, body),
+        R::Ack { up_to_message_id } => chat::ack(ctx, o, user, up_to_message_id),
+        R::Read { peer, up_to_message_id } => chat::read(ctx, o, user, peer, up_to_message_id),
+        R::History { target, before_message_id, limit } => {
+            history::page(ctx, o, user, target, before_message_id, limit)
+        }
+        R::GroupCreate { name } => groups::create(ctx, o, user, name),
+        R::GroupInvite { group_id, username } => groups::invite(ctx, o, user, group_id, username),
+        R::GroupLeave { group_id } => groups::leave(ctx, o, user, group_id),
+        R::GroupMembers { group_id } => groups::members(ctx, o, user, group_id),
+        R::GroupList => groups::list(ctx, o, user),
+        R::GroupSend { group_id, client_msg_id, body } => groups::send(ctx, o, user, group_id, client_msg_id, body),
+        // Routed before a logged-in user is looked at; answered the same way for safety.
+        R::Hello { .. }
+        | R::Ping
+        | R::Register(_)
+        | R::LoginStart { .. }
+        | R::LoginFinish { .. }
+        | R::Unknown { .. } => refuse(ErrorCode::InvalidState, "that request is not expected now"),
+    }
+}
+
+/// The display name of an online user (every authenticated connection's user is online).
+fn name_of(ctx: &Ctx, user: UserId) -> String {
+    ctx.world.user(user).map(|u| u.name.clone()).unwrap_or_default()
+}
+
+/// Checks a message body against `--max-body`.
+fn check_body(ctx: &Ctx, body: &str) -> Outcome {
+    if body.is_empty() || body.len() > ctx.config.max_body as usize {
+        return refuse(ErrorCode::InvalidBody, "a message body must be 1 to max_body bytes of UTF-8");
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Every limit and default of the server, parsed from the command line.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// im-server: a small, durable instant-messaging server.
+///
+/// Prints `listening on ADDR` as the first line of standard output once it accepts
+/// connections. `RUST_LOG` sets the log level (info by default; debug shows each connection).
+#[derive(Parser, Debug, Clone)]
+#[command(version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: SocketAddr,
+
+    /// SQLite database file; created with the schema if missing.
+    #[arg(long, default_value = "./im-server.db")]
+    pub db: PathBuf,
+
+    /// Connections served at once; the next one gets SERVER_FULL and is closed.
+    #[arg(long, default_value_t = 19_000)]
+    pub max_connections: usize,
+
+    /// Largest frame accepted after login, in bytes (the length field's value).
+    #[arg(long, default_value_t = 65_536)]
+    pub max_frame: u32,
+
+    /// Largest frame accepted before login, in bytes.
+    #[arg(long, default_value_t = 4_096)]
+    pub max_frame_before_login: u32,
+
+    /// Seconds without a frame from the client before its connection is closed.
+    #[arg(long, default_value_t = 120)]
+    pub idle_timeout: u64,
+
+    /// Lowest PBKDF2 iteration count REGISTER accepts.
+    #[arg(long, default_value_t = 100_000)]
+    pub min_kdf_iterations: u32,
+
+    /// Largest message body, in bytes of UTF-8 (at most 65535).
+    #[arg(long, default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_body: u32,
+
+    /// Number of recent messages (server-wide) whose client_msg_id is remembered, so that a
+    /// retried SEND is answered with the original SENT instead of being stored twice.
+    #[arg(long, default_value_t = 100_000)]
+    pub dedup_window: usize,
+}
+
+impl Config {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout)
+    }
+
+    /// A configuration with every default, listening on `listen` with the database at `db`.
+    pub fn with_defaults(listen: SocketAddr, db: PathBuf) -> Self {
+        let mut config = Config::parse_from(["im-server"]);
+        config.listen = listen;
+        config.db = db;
+        config
+    }
+}

@@ -1,0 +1,206 @@
+//! One client connection: its socket, protocol state, read buffer and write queue.
+//!
+//! Buffers are allocated only while they hold bytes and given back when drained, so an idle
+//! connection costs little more than this struct.
+
+use crate::scram::Key;
+use crate::store::UserId;
+use crate::sync::Backlog;
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Where a connection is in the protocol (PROTOCOL.md §2).
+#[derive(Debug)]
+pub enum ConnState {
+    AwaitHello,
+    Unauthenticated,
+    Authenticating(Box<PendingLogin>),
+    Authenticated { user: UserId },
+}
+
+/// What the server remembers between `LOGIN_START` and `LOGIN_FINISH`.
+#[derive(Debug)]
+pub struct PendingLogin {
+    /// `None` for an unknown name: the login will fail like a wrong password.
+    pub user: Option<(UserId, String)>,
+    pub stored_key: Key,
+    pub server_key: Key,
+    pub auth_message: Vec<u8>,
+}
+
+/// Why a connection is being closed; logged, and used to pick what is sent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    PeerClosed,
+    IoError,
+    ProtocolError,
+    IdleTimeout,
+    TooManyAttempts,
+    ShuttingDown,
+}
+
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Rc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(rc) => rc,
+        }
+    }
+}
+
+/// Bytes above which an owned chunk is not extended further, so a write queue is never one
+/// huge reallocation.
+const OWNED_CHUNK_LIMIT: usize = 64 * 1024;
+/// Slices handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+pub struct Conn {
+    pub socket: TcpStream,
+    pub state: ConnState,
+    pub last_frame_at: Instant,
+    pub failed_logins: u8,
+    /// The offline backlog still being pushed after login, if any.
+    pub backlog: Option<Box<Backlog>>,
+    closing: Option<CloseReason>,
+    read_buf: Vec<u8>,
+    out: VecDeque<Chunk>,
+    out_offset: usize,
+    out_len: usize,
+    writable_interest: bool,
+}
+
+impl Conn {
+    pub fn new(socket: TcpStream, now: Instant) -> Self {
+        Conn {
+            socket,
+            state: ConnState::AwaitHello,
+            last_frame_at: now,
+            failed_logins: 0,
+            backlog: None,
+            closing: None,
+            read_buf: Vec::new(),
+            out: VecDeque::new(),
+            out_offset: 0,
+            out_len: 0,
+            writable_interest: false,
+        }
+    }
+
+    pub fn user(&self) -> Option<UserId> {
+        match self.state {
+            ConnState::Authenticated { user } => Some(user),
+            _ => None,
+        }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.state, ConnState::Authenticated { .. })
+    }
+
+    /// Marks the connection to be closed at the end of the batch. The first reason wins.
+    pub fn close(&mut self, reason: CloseReason) {
+        self.closing.get_or_insert(reason);
+    }
+
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.closing
+    }
+
+    /// Takes the partial frame kept from earlier reads (leaving none).
+    pub fn take_read_buf(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.read_buf)
+    }
+
+    /// Keeps the unparsed tail of a read for the next one. An empty tail frees the buffer.
+    pub fn keep_read_buf(&mut self, mut buf: Vec<u8>) {
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
+        self.read_buf = buf;
+    }
+
+    /// Appends frame bytes to the write queue.
+    pub fn enqueue(&mut self, bytes: &[u8]) {
+        self.out_len += bytes.len();
+        if let Some(Chunk::Owned(last)) = self.out.back_mut()
+            && last.len() < OWNED_CHUNK_LIMIT
+        {
+            last.extend_from_slice(bytes);
+            return;
+        }
+        let mut v = Vec::with_capacity(bytes.len().max(512));
+        v.extend_from_slice(bytes);
+        self.out.push_back(Chunk::Owned(v));
+    }
+
+    /// Appends a frame shared with other connections, without copying it.
+    pub fn enqueue_shared(&mut self, frame: &Rc<[u8]>) {
+        self.out_len += frame.len();
+        self.out.push_back(Chunk::Shared(Rc::clone(frame)));
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.out_len - self.out_offset
+    }
+
+    /// Writes as much of the queue as the socket takes now. Partial writes keep an offset.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while !self.out.is_empty() {
+            let mut slices: [IoSlice; MAX_IOVECS] = std::array::from_fn(|_| IoSlice::new(&[]));
+            let mut n = 0;
+            for (i, chunk) in self.out.iter().take(MAX_IOVECS).enumerate() {
+                let bytes = chunk.bytes();
+                slices[i] = IoSlice::new(if i == 0 { &bytes[self.out_offset..] } else { bytes });
+                n += 1;
+            }
+            match self.socket.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out.is_empty() {
+            // Give the queue's memory back: idle connections hold no buffers.
+            self.out = VecDeque::new();
+            self.out_len = 0;
+            self.out_offset = 0;
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        while written > 0 {
+            let front_left = self.out.front().map_or(0, |c| c.bytes().len()) - self.out_offset;
+            if written >= front_left {
+                written -= front_left;
+                self.out_len -= front_left + self.out_offset;
+                self.out_offset = 0;
+                self.out.pop_front();
+            } else {
+                self.out_offset += written;
+                written = 0;
+            }
+        }
+    }
+
+    /// Whether WRITABLE interest must change: asked for only while bytes wait.
+    pub fn wants_writable_change(&self) -> Option<bool> {
+        let want = !self.out.is_empty();
+        (want != self.writable_interest).then_some(want)
+    }
+
+    pub fn set_writable_interest(&mut self, on: bool) {
+        self.writable_interest = on;
+    }
+}

@@ -1,0 +1,24 @@
+//! im-server: a small, durable instant-messaging server on one thread.
+//!
+//! # Layout
+//! - [`config`]: every limit and default, in one `Config` (also the command line).
+//! - [`protocol`]: the wire format of PROTOCOL.md — framing, fields, opcodes, error codes. No IO.
+//! - [`scram`]: SCRAM-SHA-256 math for both sides of a login.
+//! - [`store`]: the only code that touches SQLite; the schema is `schema.sql`, embedded.
+//! - [`world`]: in-memory state of who is online, their friends and groups, recent message ids.
+//! - [`outbox`]: frames produced while handling a batch, held until the batch has committed.
+//! - [`cmd`]: one file per command family; each parses, applies to store and world, answers.
+//! - [`sync`]: the paged push of a user's offline backlog after login.
+//! - [`conn`]: one connection — socket, state machine, read buffer, write queue.
+//! - [`server`]: the mio poll loop — accept, read, dispatch, commit, flush, close.
+
+pub mod cmd;
+pub mod config;
+pub mod conn;
+pub mod outbox;
+pub mod protocol;
+pub mod scram;
+pub mod server;
+pub mod store;
+pub mod sync;
+pub mod world;

@@ -1,0 +1,45 @@
+//! The im-server binary: parse arguments, start logging, open the store, run the loop.
+
+use clap::Parser;
+use im_server::config::Config;
+use im_server::server::Server;
+use im_server::store::Store;
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let store = match Store::open(&config.db) {
+        Ok(store) => store,
+        Err(e) => {
+            log::error!("{}: {e}", config.db.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match Server::bind(config, store) {
+        Ok(server) => server,
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.local_addr() {
+        Ok(addr) => {
+            println!("listening on {addr}");
+            let _ = std::io::stdout().flush();
+            log::info!("listening on {addr}");
+        }
+        Err(e) => {
+            log::error!("cannot read the bound address: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

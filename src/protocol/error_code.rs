@@ -1,0 +1,38 @@
+//! The error table of PROTOCOL.md §4.
+
+/// An error code sent in an `ERROR` frame. The numbers are part of the wire contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    MalformedFrame = 1,
+    UnknownOpcode = 2,
+    FrameTooLarge = 3,
+    UnsupportedVersion = 4,
+    HelloRequired = 5,
+    NotAuthenticated = 6,
+    InvalidState = 7,
+    ServerFull = 8,
+    IdleTimeout = 9,
+    InvalidUsername = 10,
+    UsernameTaken = 11,
+    WeakCredentials = 12,
+    AuthFailed = 13,
+    TooManyAttempts = 14,
+    UserNotFound = 15,
+    AlreadyFriends = 16,
+    RequestPending = 17,
+    NoSuchRequest = 18,
+    NotFriends = 19,
+    InvalidBody = 20,
+    Forbidden = 21,
+    AlreadyMember = 22,
+    InvalidArgument = 23,
+    StoreUnavailable = 24,
+    ShuttingDown = 25,
+}
+
+impl ErrorCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}

@@ -1,0 +1,265 @@
+//! Encoding of responses and pushes (PROTOCOL.md §3), straight into a byte buffer.
+
+use super::codec::FrameWriter;
+use super::error_code::ErrorCode;
+use super::opcode as op;
+
+/// Request id carried by pushes and by unsolicited errors.
+pub const PUSH_ID: u32 = 0;
+
+/// The limits announced in `HELLO_OK`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub max_frame: u32,
+    pub max_frame_before_login: u32,
+    pub max_body: u32,
+    pub idle_timeout_secs: u32,
+}
+
+pub fn ok(buf: &mut Vec<u8>, request_id: u32) {
+    FrameWriter::new(buf, op::OK, request_id).finish();
+}
+
+pub fn pong(buf: &mut Vec<u8>, request_id: u32) {
+    FrameWriter::new(buf, op::PONG, request_id).finish();
+}
+
+pub fn hello_ok(buf: &mut Vec<u8>, request_id: u32, limits: &ServerLimits) {
+    FrameWriter::new(buf, op::HELLO_OK, request_id)
+        .u16(super::PROTOCOL_VERSION)
+        .str(concat!("im-server ", env!("CARGO_PKG_VERSION")))
+        .u32(limits.max_frame)
+        .u32(limits.max_frame_before_login)
+        .u32(limits.max_body)
+        .u32(limits.idle_timeout_secs)
+        .finish();
+}
+
+pub fn error(buf: &mut Vec<u8>, request_id: u32, code: ErrorCode, message: &str) {
+    FrameWriter::new(buf, op::ERROR, request_id).u16(code.code()).str(message).finish();
+}
+
+pub fn login_challenge(buf: &mut Vec<u8>, request_id: u32, salt: &[u8], iterations: u32, nonce: &[u8]) {
+    FrameWriter::new(buf, op::LOGIN_CHALLENGE, request_id).bytes(salt).u32(iterations).bytes(nonce).finish();
+}
+
+pub fn login_ok(buf: &mut Vec<u8>, request_id: u32, server_signature: &[u8], username: &str) {
+    FrameWriter::new(buf, op::LOGIN_OK, request_id).bytes(server_signature).str(username).finish();
+}
+
+/// `FRIEND_REQUEST_OK` outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FriendRequestOutcome {
+    Requested = 0,
+    BecameFriends = 1,
+}
+
+pub fn friend_request_ok(buf: &mut Vec<u8>, request_id: u32, outcome: FriendRequestOutcome) {
+    FrameWriter::new(buf, op::FRIEND_REQUEST_OK, request_id).u8(outcome as u8).finish();
+}
+
+pub fn friend_list(
+    buf: &mut Vec<u8>,
+    request_id: u32,
+    friends: &[(String, bool)],
+    incoming: &[String],
+    outgoing: &[String],
+) {
+    let mut w = FrameWriter::new(buf, op::FRIEND_LIST_RESULT, request_id).u16(friends.len() as u16);
+    for (name, online) in friends {
+        w = w.str(name).u8(*online as u8);
+    }
+    w = w.u16(incoming.len() as u16);
+    for name in incoming {
+        w = w.str(name);
+    }
+    w = w.u16(outgoing.len() as u16);
+    for name in outgoing {
+        w = w.str(name);
+    }
+    w.finish();
+}
+
+pub fn sent(buf: &mut Vec<u8>, request_id: u32, message_id: u64, timestamp_ms: u64) {
+    FrameWriter::new(buf, op::SENT, request_id).u64(message_id).u64(timestamp_ms).finish();
+}
+
+/// One message of a `HISTORY_PAGE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub message_id: u64,
+    pub timestamp_ms: u64,
+    pub sender: String,
+    pub body: String,
+}
+
+pub fn history_page(buf: &mut Vec<u8>, request_id: u32, entries: &[HistoryEntry], next_before: u64) {
+    let mut w = FrameWriter::new(buf, op::HISTORY_PAGE, request_id).u16(entries.len() as u16);
+    for e in entries {
+        w = w.u64(e.message_id).u64(e.timestamp_ms).str(&e.sender).str(&e.body);
+    }
+    w.u64(next_before).finish();
+}
+
+pub fn group_created(buf: &mut Vec<u8>, request_id: u32, group_id: u64) {
+    FrameWriter::new(buf, op::GROUP_CREATED, request_id).u64(group_id).finish();
+}
+
+/// One row of `GROUP_MEMBERS_RESULT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEntry {
+    pub username: String,
+    pub online: bool,
+    pub owner: bool,
+}
+
+pub fn group_members(buf: &mut Vec<u8>, request_id: u32, group_id: u64, members: &[MemberEntry]) {
+    let mut w = FrameWriter::new(buf, op::GROUP_MEMBERS_RESULT, request_id).u64(group_id).u32(members.len() as u32);
+    for m in members {
+        w = w.str(&m.username).u8(m.online as u8).u8(m.owner as u8);
+    }
+    w.finish();
+}
+
+/// One row of `GROUP_LIST_RESULT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub group_id: u64,
+    pub name: String,
+    pub owner: String,
+    pub members: u32,
+}
+
+pub fn group_list(buf: &mut Vec<u8>, request_id: u32, groups: &[GroupEntry]) {
+    let mut w = FrameWriter::new(buf, op::GROUP_LIST_RESULT, request_id).u16(groups.len() as u16);
+    for g in groups {
+        w = w.u64(g.group_id).str(&g.name).str(&g.owner).u32(g.members);
+    }
+    w.finish();
+}
+
+/// Where a delivered message belongs, seen from the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversation<'a> {
+    Direct { to: &'a str },
+    Group { group_id: u64 },
+}
+
+/// A chat message as pushed in `DELIVER`.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    pub message_id: u64,
+    pub timestamp_ms: u64,
+    pub from: &'a str,
+    pub conversation: Conversation<'a>,
+    pub body: &'a [u8],
+}
+
+pub fn deliver(buf: &mut Vec<u8>, d: &Delivery) {
+    let w = FrameWriter::new(buf, op::DELIVER, PUSH_ID).u64(d.message_id).u64(d.timestamp_ms).str(d.from);
+    let w = match d.conversation {
+        Conversation::Direct { to } => w.u8(0).str(to),
+        Conversation::Group { group_id } => w.u8(1).u64(group_id),
+    };
+    w.bytes(d.body).finish();
+}
+
+/// `FRIEND_EVENT` kinds; the numbers are on the wire and in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FriendEvent {
+    Requested = 1,
+    Accepted = 2,
+    Declined = 3,
+    Removed = 4,
+}
+
+impl FriendEvent {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(FriendEvent::Requested),
+            2 => Some(FriendEvent::Accepted),
+            3 => Some(FriendEvent::Declined),
+            4 => Some(FriendEvent::Removed),
+            _ => None,
+        }
+    }
+}
+
+pub fn friend_event(buf: &mut Vec<u8>, message_id: u64, timestamp_ms: u64, event: FriendEvent, username: &str) {
+    FrameWriter::new(buf, op::FRIEND_EVENT, PUSH_ID)
+        .u64(message_id)
+        .u64(timestamp_ms)
+        .u8(event as u8)
+        .str(username)
+        .finish();
+}
+
+pub fn presence(buf: &mut Vec<u8>, username: &str, online: bool) {
+    FrameWriter::new(buf, op::PRESENCE, PUSH_ID).str(username).u8(online as u8).finish();
+}
+
+pub fn read_receipt(buf: &mut Vec<u8>, username: &str, up_to_message_id: u64) {
+    FrameWriter::new(buf, op::READ_RECEIPT, PUSH_ID).str(username).u64(up_to_message_id).finish();
+}
+
+pub fn sync_done(buf: &mut Vec<u8>, count: u32) {
+    FrameWriter::new(buf, op::SYNC_DONE, PUSH_ID).u32(count).finish();
+}
+
+/// `GROUP_EVENT` kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GroupEvent {
+    Joined = 1,
+    Left = 2,
+}
+
+pub fn group_event(buf: &mut Vec<u8>, group_id: u64, event: GroupEvent, username: &str, group_name: &str) {
+    FrameWriter::new(buf, op::GROUP_EVENT, PUSH_ID)
+        .u64(group_id)
+        .u8(event as u8)
+        .str(username)
+        .str(group_name)
+        .finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-by-byte examples of PROTOCOL.md §7.
+    #[test]
+    fn matches_the_protocol_examples() {
+        let mut buf = Vec::new();
+        let limits =
+            ServerLimits { max_frame: 65536, max_frame_before_login: 4096, max_body: 4096, idle_timeout_secs: 120 };
+        hello_ok(&mut buf, 1, &limits);
+        assert_eq!(&buf[..9], &[0, 0, 0, 40, 0x81, 0, 0, 0, 1]);
+        assert_eq!(buf.len(), 44);
+
+        buf.clear();
+        sent(&mut buf, 9, 42, 1764108000000);
+        assert_eq!(hex::encode(&buf), "000000158800000009000000000000002a0000019abd07db00");
+
+        buf.clear();
+        let d = Delivery {
+            message_id: 42,
+            timestamp_ms: 1764108000000,
+            from: "alice",
+            conversation: Conversation::Direct { to: "bob" },
+            body: b"hi",
+        };
+        deliver(&mut buf, &d);
+        assert_eq!(
+            hex::encode(&buf),
+            "00000026c000000000000000000000002a0000019abd07db000005616c6963650000036\
+             26f6200026869"
+        );
+
+        buf.clear();
+        error(&mut buf, 0, ErrorCode::FrameTooLarge, "frame of 4294967295 bytes exceeds the limit of 4096");
+        assert_eq!(&buf[..11], &[0, 0, 0, 0x3C, 0x83, 0, 0, 0, 0, 0, 3]);
+    }
+}

@@ -1,0 +1,419 @@
+//! The poll loop: one thread, one `mio::Poll`, a `Slab` of connections.
+//!
+//! Each iteration handles every ready event (accepting, reading and dispatching frames), then
+//! reaches the batch's safe point ([`Server::end_of_batch`]): commit the store's transaction,
+//! hand the staged frames to the write queues, push backlog pages, write to the sockets, and
+//! only then close what was marked to close. Nothing that acknowledges a write leaves before
+//! the commit that makes it durable.
+
+use crate::cmd::{self, Ctx};
+use crate::config::Config;
+use crate::conn::{CloseReason, Conn};
+use crate::outbox::{FrameKind, Outbox};
+use crate::protocol::frame::{self, FrameCheck, FrameHeader};
+use crate::protocol::{ErrorCode, response};
+use crate::store::Store;
+use crate::world::World;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Tokens outside the slab's range.
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+/// Bytes read per `read` call, into a buffer shared by all connections.
+const READ_CHUNK: usize = 64 * 1024;
+/// Backlog bytes queued per connection before waiting for the socket to drain.
+const BACKLOG_BUDGET: usize = 256 * 1024;
+
+pub struct Server {
+    config: Config,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Signals,
+    conns: Slab<Conn>,
+    store: Store,
+    world: World,
+    outbox: Outbox,
+    server_secret: Vec<u8>,
+    scratch: Box<[u8]>,
+    /// Connections marked to close, removed at the end of the batch.
+    closing: HashSet<usize>,
+    /// Connections with bytes to write.
+    dirty: HashSet<usize>,
+    /// Connections still receiving their offline backlog.
+    syncing: HashSet<usize>,
+    shutting_down: bool,
+    next_sweep: Instant,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Server {
+    /// Binds the listening socket and prepares the loop; nothing is accepted until [`run`].
+    ///
+    /// [`run`]: Server::run
+    pub fn bind(config: Config, store: Store) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.listen)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let server_secret = store.server_secret().map_err(io::Error::other)?;
+        let mut world = World::new(config.dedup_window);
+        world.retries.rebuild(&store).map_err(io::Error::other)?;
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            signals,
+            conns: Slab::new(),
+            store,
+            world,
+            outbox: Outbox::default(),
+            server_secret,
+            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            closing: HashSet::new(),
+            dirty: HashSet::new(),
+            syncing: HashSet::new(),
+            shutting_down: false,
+            next_sweep: Instant::now() + Self::sweep_interval(&config),
+            config,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.as_ref().map_or(Err(io::ErrorKind::NotConnected.into()), |l| l.local_addr())
+    }
+
+    fn sweep_interval(config: &Config) -> Duration {
+        (config.idle_timeout() / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down cleanly.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.backlog_waiting() {
+                Duration::ZERO
+            } else {
+                self.next_sweep.saturating_duration_since(Instant::now())
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            let now_ms = now_ms();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(now),
+                    SIGNALS => self.take_signals(),
+                    Token(i) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_conn(i, now, now_ms);
+                        }
+                        if event.is_writable() {
+                            self.dirty.insert(i);
+                        }
+                    }
+                }
+            }
+            if now >= self.next_sweep {
+                self.sweep_idle(now);
+                self.next_sweep = now + Self::sweep_interval(&self.config);
+            }
+            if self.shutting_down {
+                self.close_all();
+            }
+            self.end_of_batch();
+            if self.shutting_down {
+                break;
+            }
+        }
+        log::info!("shutting down: closing the database");
+        self.store.close().map_err(io::Error::other)?;
+        log::info!("stopped");
+        Ok(())
+    }
+
+    fn take_signals(&mut self) {
+        for signal in self.signals.pending() {
+            log::info!("received signal {signal}; stopping");
+            self.shutting_down = true;
+        }
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        let Some(listener) = self.listener.as_ref() else { return };
+        loop {
+            match listener.accept() {
+                Ok((mut socket, addr)) => {
+                    if self.conns.len() >= self.config.max_connections {
+                        log::warn!("refusing {addr}: {} connections open", self.conns.len());
+                        let mut frame = Vec::new();
+                        response::error(&mut frame, 0, ErrorCode::ServerFull, "the server is full; try again later");
+                        // A new socket's send buffer is empty: one write takes the whole frame.
+                        let _ = socket.write(&frame);
+                        continue;
+                    }
+                    let entry = self.conns.vacant_entry();
+                    let token = entry.key();
+                    if let Err(e) = self.poll.registry().register(&mut socket, Token(token), Interest::READABLE) {
+                        log::error!("cannot register a connection: {e}");
+                        continue;
+                    }
+                    let _ = socket.set_nodelay(true);
+                    entry.insert(Conn::new(socket, now));
+                    log::debug!("connection {token} from {addr}");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("accept failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Reads until the socket would block, handling each complete frame as it arrives.
+    fn read_conn(&mut self, token: usize, now: Instant, now_ms: i64) {
+        let Server { conns, store, world, outbox, config, server_secret, scratch, .. } = self;
+        let Some(conn) = conns.get_mut(token) else { return };
+        if conn.closing().is_some() {
+            return;
+        }
+        let mut ctx = Ctx { store, world, outbox, config, server_secret, now_ms };
+        let mut pending = conn.take_read_buf();
+        loop {
+            match conn.socket.read(scratch) {
+                Ok(0) => {
+                    conn.close(CloseReason::PeerClosed);
+                    break;
+                }
+                Ok(n) => {
+                    conn.last_frame_at = now;
+                    if pending.is_empty() {
+                        // The common case: parse straight from the shared buffer, keep only a tail.
+                        let used = handle_frames(&mut ctx, token, conn, &scratch[..n]);
+                        pending.extend_from_slice(&scratch[used..n]);
+                    } else {
+                        pending.extend_from_slice(&scratch[..n]);
+                        let used = handle_frames(&mut ctx, token, conn, &pending);
+                        pending.drain(..used);
+                    }
+                    if conn.closing().is_some() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("connection {token}: read failed: {e}");
+                    conn.close(CloseReason::IoError);
+                    break;
+                }
+            }
+        }
+        conn.keep_read_buf(pending);
+        if conn.closing().is_some() {
+            self.closing.insert(token);
+        }
+        if conn.backlog.is_some() {
+            self.syncing.insert(token);
+        }
+    }
+
+    fn sweep_idle(&mut self, now: Instant) {
+        let limit = self.config.idle_timeout();
+        for (token, conn) in self.conns.iter_mut() {
+            if conn.closing().is_none() && now.duration_since(conn.last_frame_at) >= limit {
+                log::debug!("connection {token}: idle timeout");
+                self.outbox.error(token, 0, ErrorCode::IdleTimeout, "no frame received within the idle timeout");
+                conn.close(CloseReason::IdleTimeout);
+                self.closing.insert(token);
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        for (token, conn) in self.conns.iter_mut() {
+            if conn.closing().is_none() {
+                self.outbox.error(token, 0, ErrorCode::ShuttingDown, "the server is shutting down");
+                conn.close(CloseReason::ShuttingDown);
+                self.closing.insert(token);
+            }
+        }
+    }
+
+    /// The batch's safe point: commit, release staged frames, push backlogs, write, close.
+    fn end_of_batch(&mut self) {
+        let committed = self.store.finish_iteration();
+        if !committed {
+            log::error!("a transaction was rolled back; answers that depended on it report STORE_UNAVAILABLE");
+            if let Err(e) = self.world.resync(&self.store) {
+                log::error!("cannot reload live state from the database: {e}");
+            }
+        }
+        self.deliver_outbox(committed);
+        self.fill_backlogs();
+        self.flush_dirty();
+        // Closing a session stages presence pushes for others; deliver those too before sleeping.
+        while !self.closing.is_empty() {
+            self.remove_closing();
+            self.deliver_outbox(true);
+            self.flush_dirty();
+        }
+    }
+
+    fn deliver_outbox(&mut self, committed: bool) {
+        let Server { conns, outbox, dirty, .. } = self;
+        outbox.drain(committed, |to, kind, bytes, shared| {
+            let Some(conn) = conns.get_mut(to) else { return };
+            match (&mut conn.backlog, kind) {
+                (Some(backlog), FrameKind::Item) => backlog.defer(bytes),
+                _ => match shared {
+                    Some(frame) => conn.enqueue_shared(frame),
+                    None => conn.enqueue(bytes),
+                },
+            }
+            dirty.insert(to);
+        });
+    }
+
+    fn fill_backlogs(&mut self) {
+        let Server { conns, store, syncing, dirty, closing, .. } = self;
+        syncing.retain(|&token| {
+            let Some(conn) = conns.get_mut(token) else { return false };
+            if conn.closing().is_some() {
+                return false;
+            }
+            let queued = conn.queued_bytes();
+            let Some(backlog) = conn.backlog.as_mut() else { return false };
+            if queued >= BACKLOG_BUDGET {
+                return true;
+            }
+            let mut out = Vec::new();
+            let result = backlog.fill(store, &mut out, BACKLOG_BUDGET - queued);
+            conn.enqueue(&out);
+            dirty.insert(token);
+            match result {
+                Ok(false) => true,
+                Ok(true) => {
+                    conn.backlog = None;
+                    false
+                }
+                Err(e) => {
+                    log::error!("connection {token}: cannot read the offline backlog: {e}");
+                    let mut frame = Vec::new();
+                    response::error(
+                        &mut frame,
+                        0,
+                        ErrorCode::StoreUnavailable,
+                        "the database failed while reading your offline messages; log in again",
+                    );
+                    conn.enqueue(&frame);
+                    conn.close(CloseReason::IoError);
+                    closing.insert(token);
+                    false
+                }
+            }
+        });
+    }
+
+    /// Whether a backlog can progress without waiting for an event.
+    fn backlog_waiting(&self) -> bool {
+        self.syncing.iter().any(|&t| self.conns.get(t).is_some_and(|c| c.queued_bytes() < BACKLOG_BUDGET))
+    }
+
+    fn flush_dirty(&mut self) {
+        for token in self.dirty.drain() {
+            let Some(conn) = self.conns.get_mut(token) else { continue };
+            if let Err(e) = conn.flush() {
+                log::debug!("connection {token}: write failed: {e}");
+                conn.close(CloseReason::IoError);
+                self.closing.insert(token);
+                continue;
+            }
+            if let Some(want) = conn.wants_writable_change() {
+                let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+                match self.poll.registry().reregister(&mut conn.socket, Token(token), interest) {
+                    Ok(()) => conn.set_writable_interest(want),
+                    Err(e) => {
+                        log::error!("connection {token}: cannot change interest: {e}");
+                        conn.close(CloseReason::IoError);
+                        self.closing.insert(token);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes every connection marked to close, ending its session first.
+    fn remove_closing(&mut self) {
+        let tokens: Vec<usize> = self.closing.drain().collect();
+        for token in tokens {
+            if !self.conns.contains(token) {
+                continue;
+            }
+            let mut conn = self.conns.remove(token);
+            if let Some(user) = conn.user() {
+                let mut ctx = Ctx {
+                    store: &mut self.store,
+                    world: &mut self.world,
+                    outbox: &mut self.outbox,
+                    config: &self.config,
+                    server_secret: &self.server_secret,
+                    now_ms: now_ms(),
+                };
+                cmd::end_session(&mut ctx, token, user);
+            }
+            self.syncing.remove(&token);
+            self.dirty.remove(&token);
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+            log::debug!("connection {token} closed: {:?}", conn.closing());
+            drop::<TcpStream>(conn.socket);
+        }
+    }
+}
+
+/// Handles every complete frame at the front of `data`; returns the bytes consumed.
+fn handle_frames(ctx: &mut Ctx, token: usize, conn: &mut Conn, data: &[u8]) -> usize {
+    let mut used = 0;
+    while conn.closing().is_none() {
+        let limit = if conn.is_authenticated() { ctx.config.max_frame } else { ctx.config.max_frame_before_login };
+        match frame::check(&data[used..], limit) {
+            FrameCheck::Incomplete => break,
+            FrameCheck::TooLarge { length } => {
+                let message = format!("frame of {length} bytes exceeds the limit of {limit}");
+                log::debug!("connection {token}: {message}");
+                ctx.outbox.error(token, 0, ErrorCode::FrameTooLarge, &message);
+                conn.close(CloseReason::ProtocolError);
+            }
+            FrameCheck::TooShort { length } => {
+                log::debug!("connection {token}: frame length {length} is below 5");
+                ctx.outbox.error(token, 0, ErrorCode::MalformedFrame, "a frame length must be at least 5");
+                conn.close(CloseReason::ProtocolError);
+            }
+            FrameCheck::Complete { total } => {
+                cmd::dispatch(ctx, token, conn, FrameHeader::parse(&data[used..used + total]));
+                used += total;
+            }
+        }
+    }
+    used
+}

@@ -1,0 +1,116 @@
+//! Groups and their members' delivery cursors.
+
+use super::{GroupId, MessageId, Store, StoreResult, UserId};
+use rusqlite::{OptionalExtension, params};
+
+/// A group's name and owner, and its members.
+#[derive(Debug, Clone)]
+pub struct GroupInfo {
+    pub id: GroupId,
+    pub name: String,
+    pub owner: Option<UserId>,
+    pub members: Vec<(UserId, String)>,
+}
+
+/// A user's membership and its delivery cursor.
+#[derive(Debug, Clone, Copy)]
+pub struct Membership {
+    pub group: GroupId,
+    pub delivered_up_to: MessageId,
+}
+
+/// One line of `GROUP_LIST`.
+#[derive(Debug, Clone)]
+pub struct GroupSummary {
+    pub id: GroupId,
+    pub name: String,
+    pub owner: String,
+    pub members: u32,
+}
+
+impl Store {
+    /// Creates a group with its creator as owner and only member.
+    pub fn create_group(&mut self, name: &str, owner: UserId, now_ms: i64) -> StoreResult<GroupId> {
+        let cursor = self.last_message_id();
+        self.write(|db| {
+            db.prepare_cached("INSERT INTO groups (name, owner_id, created_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![name, owner, now_ms])?;
+            let id = db.last_insert_rowid();
+            db.prepare_cached(
+                "INSERT INTO group_members (group_id, user_id, joined_at, delivered_up_to) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, owner, now_ms, cursor])?;
+            Ok(id)
+        })
+    }
+
+    /// Adds a member whose cursor starts at the newest message.
+    pub fn add_member(&mut self, group: GroupId, user: UserId, now_ms: i64) -> StoreResult<()> {
+        let cursor = self.last_message_id();
+        self.write(|db| {
+            db.prepare_cached(
+                "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_at, delivered_up_to) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![group, user, now_ms, cursor])?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_member(&mut self, group: GroupId, user: UserId) -> StoreResult<()> {
+        self.write(|db| {
+            db.prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
+                .execute([group, user])?;
+            Ok(())
+        })
+    }
+
+    /// A group with its members, or `None` if there is no such group.
+    pub fn group_info(&self, group: GroupId) -> StoreResult<Option<GroupInfo>> {
+        let mut stmt = self.db.prepare_cached("SELECT name, owner_id FROM groups WHERE id = ?1")?;
+        let Some((name, owner)) = stmt.query_row([group], |r| Ok((r.get(0)?, r.get(1)?))).optional()? else {
+            return Ok(None);
+        };
+        let mut stmt = self.db.prepare_cached(
+            "SELECT m.user_id, u.name FROM group_members m JOIN users u ON u.id = m.user_id WHERE m.group_id = ?1",
+        )?;
+        let members = stmt.query_map([group], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        Ok(Some(GroupInfo { id: group, name, owner, members }))
+    }
+
+    /// The groups a user is a member of, with their cursors.
+    pub fn memberships(&self, user: UserId) -> StoreResult<Vec<Membership>> {
+        let mut stmt =
+            self.db.prepare_cached("SELECT group_id, delivered_up_to FROM group_members WHERE user_id = ?1")?;
+        let rows = stmt.query_map([user], |r| Ok(Membership { group: r.get(0)?, delivered_up_to: r.get(1)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The user's groups for `GROUP_LIST`, by id.
+    pub fn group_summaries(&self, user: UserId) -> StoreResult<Vec<GroupSummary>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT g.id, g.name, COALESCE(o.name, ''),
+                    (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id)
+             FROM group_members m JOIN groups g ON g.id = m.group_id LEFT JOIN users o ON o.id = g.owner_id
+             WHERE m.user_id = ?1 ORDER BY g.id",
+        )?;
+        let rows = stmt.query_map([user], |r| {
+            Ok(GroupSummary { id: r.get(0)?, name: r.get(1)?, owner: r.get(2)?, members: r.get(3)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl Store {
+    /// A group's name, or `None` if there is no such group.
+    pub fn group_name(&self, group: GroupId) -> StoreResult<Option<String>> {
+        let mut stmt = self.db.prepare_cached("SELECT name FROM groups WHERE id = ?1")?;
+        Ok(stmt.query_row([group], |r| r.get(0)).optional()?)
+    }
+}
+
+impl Store {
+    pub fn is_member(&self, group: GroupId, user: UserId) -> StoreResult<bool> {
+        let mut stmt = self.db.prepare_cached("SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2")?;
+        Ok(stmt.exists([group, user])?)
+    }
+}

@@ -1,0 +1,194 @@
+//! The SQLite store: the only module that uses rusqlite.
+//!
+//! Writes are batched by the server loop: the first write of a loop iteration opens a
+//! transaction ([`Store::begin_write`]), and the loop commits once after every ready event has
+//! been handled ([`Store::commit`]). Nothing that depends on a write is sent before that commit.
+
+mod channel;
+mod contacts;
+mod groups;
+mod messages;
+mod schema;
+mod users;
+
+pub use channel::Channel;
+pub use contacts::{Contact, ContactState};
+pub use groups::{GroupInfo, GroupSummary, Membership};
+pub use messages::{BacklogRow, HistoryRow, MessageKind, NewMessage, RecentSend};
+pub use users::{NewUser, UserRecord};
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+
+pub type UserId = i64;
+pub type GroupId = i64;
+pub type MessageId = i64;
+
+/// The built-in group every user joins at registration.
+pub const LOBBY_GROUP_ID: GroupId = 1;
+
+/// A failure of the database; answered with `STORE_UNAVAILABLE`.
+#[derive(Debug)]
+pub struct StoreError(pub rusqlite::Error);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e)
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "database error: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Why the database could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    Sqlite(rusqlite::Error),
+    /// The file's schema is newer than this binary knows.
+    NewerSchema {
+        found: i64,
+        supported: i64,
+    },
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Sqlite(e) => write!(f, "cannot open the database: {e}"),
+            OpenError::NewerSchema { found, supported } => write!(
+                f,
+                "the database has schema version {found}, newer than the {supported} this \
+                 im-server supports; use a newer im-server"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpenError::Sqlite(e)
+    }
+}
+
+/// The database, with the transaction state of the current loop iteration.
+pub struct Store {
+    db: Connection,
+    in_transaction: bool,
+    failed: bool,
+    writes: u64,
+    next_message_id: MessageId,
+    first_uncommitted_id: MessageId,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies or migrates the schema.
+    pub fn open(path: &Path) -> Result<Store, OpenError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = Connection::open_with_flags(path, flags)?;
+        // WAL with synchronous=NORMAL: a commit is durable against a process crash at once and
+        // against power loss from the next checkpoint. A 64 MiB page cache keeps large group
+        // commits from spilling into the WAL mid-transaction (see STORAGE-NOTES).
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 0;
+             PRAGMA cache_size = -65536;
+             PRAGMA wal_autocheckpoint = 10000;",
+        )?;
+        db.set_prepared_statement_cache_capacity(64);
+        schema::apply(&db)?;
+        let next_message_id = messages::max_id(&db)? + 1;
+        Ok(Store {
+            db,
+            in_transaction: false,
+            failed: false,
+            writes: 0,
+            next_message_id,
+            first_uncommitted_id: next_message_id,
+        })
+    }
+
+    /// Opens the transaction of this loop iteration if none is open. Every write calls it.
+    fn begin_write(&mut self) -> StoreResult<()> {
+        self.writes += 1;
+        if !self.in_transaction {
+            self.db.execute_batch("BEGIN")?;
+            self.in_transaction = true;
+            self.first_uncommitted_id = self.next_message_id;
+        }
+        Ok(())
+    }
+
+    /// Runs one write inside the iteration's transaction. A failure marks the whole
+    /// transaction failed: it will be rolled back instead of committed.
+    fn write<T>(&mut self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let result = self.begin_write().and_then(|()| f(&self.db).map_err(StoreError));
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    /// Counts writes so far; the outbox compares it around a command to know whether that
+    /// command's answers wait for the commit.
+    pub fn write_count(&self) -> u64 {
+        self.writes
+    }
+
+    /// True while the iteration's transaction holds a failed write.
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Commits the iteration's transaction, or rolls it back if a write in it failed.
+    /// Returns whether the iteration's writes are durable.
+    pub fn finish_iteration(&mut self) -> bool {
+        if !self.in_transaction {
+            self.failed = false;
+            return true;
+        }
+        self.in_transaction = false;
+        if !self.failed {
+            match self.db.execute_batch("COMMIT") {
+                Ok(()) => return true,
+                Err(e) => log::error!("commit failed, rolling back: {e}"),
+            }
+        }
+        if let Err(e) = self.db.execute_batch("ROLLBACK") {
+            log::error!("rollback failed: {e}");
+        }
+        self.failed = false;
+        // Ids handed out in the rolled-back transaction are skipped: ids only need to grow.
+        false
+    }
+
+    /// Whether a message id belongs to the transaction that is still open.
+    pub fn is_uncommitted(&self, id: MessageId) -> bool {
+        self.in_transaction && id >= self.first_uncommitted_id
+    }
+
+    /// The id the next stored message or event will get.
+    pub fn peek_next_message_id(&self) -> MessageId {
+        self.next_message_id
+    }
+
+    /// The highest message id assigned so far (committed or in the open transaction).
+    pub fn last_message_id(&self) -> MessageId {
+        self.next_message_id - 1
+    }
+
+    /// Closes the database cleanly (checkpointing the WAL).
+    pub fn close(self) -> StoreResult<()> {
+        self.db.close().map_err(|(_, e)| StoreError(e))
+    }
+}

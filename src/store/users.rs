@@ -1,0 +1,124 @@
+//! Accounts: the SCRAM verifier and the delivery cursor.
+
+use super::{GroupId, LOBBY_GROUP_ID, MessageId, Store, StoreResult, UserId};
+use rusqlite::{OptionalExtension, params};
+
+/// A registered user as login needs it.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub name: String,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// What `REGISTER` stores.
+pub struct NewUser<'a> {
+    pub name: &'a str,
+    pub name_key: &'a str,
+    pub salt: &'a [u8],
+    pub iterations: u32,
+    pub stored_key: &'a [u8],
+    pub server_key: &'a [u8],
+    pub now_ms: i64,
+}
+
+impl Store {
+    pub fn server_secret(&self) -> StoreResult<Vec<u8>> {
+        Ok(self.db.query_row("SELECT value FROM meta WHERE key = 'server_secret'", [], |r| r.get(0))?)
+    }
+
+    /// Looks a user up by lowercase name.
+    pub fn find_user(&self, name_key: &str) -> StoreResult<Option<UserRecord>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT id, name, salt, iterations, stored_key, server_key FROM users WHERE name_key = ?1",
+        )?;
+        let user = stmt
+            .query_row([name_key], |r| {
+                Ok(UserRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    salt: r.get(2)?,
+                    iterations: r.get(3)?,
+                    stored_key: r.get(4)?,
+                    server_key: r.get(5)?,
+                })
+            })
+            .optional()?;
+        Ok(user)
+    }
+
+    /// The id and display name of a user, by lowercase name.
+    pub fn find_user_id(&self, name_key: &str) -> StoreResult<Option<(UserId, String)>> {
+        let mut stmt = self.db.prepare_cached("SELECT id, name FROM users WHERE name_key = ?1")?;
+        Ok(stmt.query_row([name_key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    pub fn user_name(&self, id: UserId) -> StoreResult<String> {
+        let mut stmt = self.db.prepare_cached("SELECT name FROM users WHERE id = ?1")?;
+        Ok(stmt.query_row([id], |r| r.get(0))?)
+    }
+
+    /// Stores a new account and makes it a member of the lobby. Returns `None` when the
+    /// name is taken (ignoring case).
+    pub fn create_user(&mut self, user: &NewUser) -> StoreResult<Option<UserId>> {
+        let cursor = self.last_message_id();
+        self.write(|db| {
+            let inserted = db.prepare_cached(
+                "INSERT INTO users (name, name_key, salt, iterations, stored_key, server_key, created_at, delivered_up_to)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (name_key) DO NOTHING",
+            )?
+            .execute(params![
+                user.name,
+                user.name_key,
+                user.salt,
+                user.iterations,
+                user.stored_key,
+                user.server_key,
+                user.now_ms,
+                cursor
+            ])?;
+            if inserted == 0 {
+                return Ok(None);
+            }
+            let id = db.last_insert_rowid();
+            db.prepare_cached(
+                "INSERT INTO group_members (group_id, user_id, joined_at, delivered_up_to) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![LOBBY_GROUP_ID, id, user.now_ms, cursor])?;
+            Ok(Some(id))
+        })
+    }
+
+    /// The user's delivery cursor for direct messages and friend events.
+    pub fn delivered_up_to(&self, user: UserId) -> StoreResult<MessageId> {
+        let mut stmt = self.db.prepare_cached("SELECT delivered_up_to FROM users WHERE id = ?1")?;
+        Ok(stmt.query_row([user], |r| r.get(0))?)
+    }
+
+    /// Moves every delivery cursor of the user (direct and each group) forward to `up_to`.
+    pub fn acknowledge(&mut self, user: UserId, up_to: MessageId) -> StoreResult<()> {
+        self.write(|db| {
+            db.prepare_cached("UPDATE users SET delivered_up_to = ?2 WHERE id = ?1 AND delivered_up_to < ?2")?
+                .execute(params![user, up_to])?;
+            db.prepare_cached(
+                "UPDATE group_members SET delivered_up_to = ?2 WHERE user_id = ?1 AND delivered_up_to < ?2",
+            )?
+            .execute(params![user, up_to])?;
+            Ok(())
+        })
+    }
+
+    /// Moves one group cursor of the user forward (used when the user joins a group).
+    pub fn set_group_cursor(&mut self, group: GroupId, user: UserId, up_to: MessageId) -> StoreResult<()> {
+        self.write(|db| {
+            db.prepare_cached(
+                "UPDATE group_members SET delivered_up_to = ?3 WHERE group_id = ?1 AND user_id = ?2 AND delivered_up_to < ?3",
+            )?
+            .execute(params![group, user, up_to])?;
+            Ok(())
+        })
+    }
+}

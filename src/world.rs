@@ -1,0 +1,300 @@
+//! In-memory state of the live server: who is online on which connections, their friends and
+//! groups, and the window of recent client message ids.
+//!
+//! Everything here is derived from the store and rebuilt from it when needed (at login, and
+//! after a rolled-back transaction), so that hot-path checks — is this a friend, is this a
+//! member, who is online — never touch the database.
+
+use crate::store::{GroupId, MessageId, Store, StoreResult, UserId};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// A connection's slab key and mio token.
+pub type Token = usize;
+
+/// A current friend of an online user.
+#[derive(Debug, Clone)]
+pub struct Friend {
+    pub id: UserId,
+    pub name: String,
+}
+
+/// A logged-in user and what the hot path needs to know about them.
+#[derive(Debug)]
+pub struct OnlineUser {
+    pub name: String,
+    pub sessions: Vec<Token>,
+    /// Current friends by lowercase name.
+    pub friends: HashMap<String, Friend>,
+    pub groups: HashSet<GroupId>,
+}
+
+impl OnlineUser {
+    pub fn friend_by_name(&self, name: &str) -> Option<&Friend> {
+        self.friends.get(&name.to_ascii_lowercase())
+    }
+
+    pub fn is_friend(&self, id: UserId) -> bool {
+        self.friends.values().any(|f| f.id == id)
+    }
+}
+
+/// A group with at least one online member.
+#[derive(Debug, Default)]
+pub struct LiveGroup {
+    pub name: String,
+    pub online: HashSet<UserId>,
+}
+
+/// What a login loads from the store for the world.
+pub struct LoginSnapshot {
+    pub friends: Vec<Friend>,
+    pub groups: Vec<(GroupId, String)>,
+}
+
+/// Remembers the newest sends by `(sender, client_msg_id)` so a retry gets its original answer.
+#[derive(Debug, Default)]
+pub struct RetryWindow {
+    capacity: usize,
+    by_key: HashMap<(UserId, u64), (MessageId, i64)>,
+    order: VecDeque<(UserId, u64)>,
+}
+
+impl RetryWindow {
+    pub fn new(capacity: usize) -> Self {
+        RetryWindow { capacity, ..Default::default() }
+    }
+
+    /// The stored message id and timestamp of an earlier send with this key, if remembered.
+    pub fn get(&self, sender: UserId, client_msg_id: u64) -> Option<(MessageId, i64)> {
+        self.by_key.get(&(sender, client_msg_id)).copied()
+    }
+
+    pub fn remember(&mut self, sender: UserId, client_msg_id: u64, id: MessageId, sent_at: i64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.by_key.insert((sender, client_msg_id), (id, sent_at)).is_none() {
+            self.order.push_back((sender, client_msg_id));
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+    }
+
+    pub fn forget(&mut self, sender: UserId, client_msg_id: u64) {
+        self.by_key.remove(&(sender, client_msg_id));
+    }
+
+    /// Refills the window from the store's newest sends.
+    pub fn rebuild(&mut self, store: &Store) -> StoreResult<()> {
+        self.by_key.clear();
+        self.order.clear();
+        let mut recent = store.recent_sends(self.capacity)?;
+        recent.reverse();
+        for s in recent {
+            self.remember(s.sender, s.client_msg_id, s.id, s.sent_at);
+        }
+        Ok(())
+    }
+}
+
+/// The live state of the server.
+#[derive(Debug, Default)]
+pub struct World {
+    pub users: HashMap<UserId, OnlineUser>,
+    pub groups: HashMap<GroupId, LiveGroup>,
+    pub retries: RetryWindow,
+}
+
+/// Whether a session change changed the user's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceChange {
+    CameOnline,
+    WentOffline,
+    Unchanged,
+}
+
+impl World {
+    pub fn new(retry_window: usize) -> Self {
+        World { retries: RetryWindow::new(retry_window), ..Default::default() }
+    }
+
+    pub fn user(&self, id: UserId) -> Option<&OnlineUser> {
+        self.users.get(&id)
+    }
+
+    pub fn is_online(&self, id: UserId) -> bool {
+        self.users.contains_key(&id)
+    }
+
+    /// The connections of a user (none when offline).
+    pub fn sessions(&self, id: UserId) -> &[Token] {
+        self.users.get(&id).map(|u| u.sessions.as_slice()).unwrap_or(&[])
+    }
+
+    /// Loads what the world needs for a user's first session from the store.
+    pub fn snapshot(store: &Store, user: UserId) -> StoreResult<LoginSnapshot> {
+        let friends = store
+            .contacts(user)?
+            .into_iter()
+            .filter(|c| c.state == crate::store::ContactState::Friends)
+            .map(|c| Friend { id: c.peer, name: c.name })
+            .collect();
+        let mut groups = Vec::new();
+        for m in store.memberships(user)? {
+            if let Some(info) = store.group_name(m.group)? {
+                groups.push((m.group, info));
+            }
+        }
+        Ok(LoginSnapshot { friends, groups })
+    }
+
+    /// Adds a session; on the user's first session `load` supplies the snapshot.
+    pub fn start_session(
+        &mut self,
+        user: UserId,
+        name: &str,
+        token: Token,
+        load: impl FnOnce() -> StoreResult<LoginSnapshot>,
+    ) -> StoreResult<PresenceChange> {
+        if let Some(u) = self.users.get_mut(&user) {
+            u.sessions.push(token);
+            return Ok(PresenceChange::Unchanged);
+        }
+        let snapshot = load()?;
+        let mut online = OnlineUser {
+            name: name.to_string(),
+            sessions: vec![token],
+            friends: HashMap::with_capacity(snapshot.friends.len()),
+            groups: HashSet::with_capacity(snapshot.groups.len()),
+        };
+        for f in snapshot.friends {
+            online.friends.insert(f.name.to_ascii_lowercase(), f);
+        }
+        for (group, group_name) in snapshot.groups {
+            online.groups.insert(group);
+            let live = self.groups.entry(group).or_insert_with(|| LiveGroup { name: group_name, ..Default::default() });
+            live.online.insert(user);
+        }
+        self.users.insert(user, online);
+        Ok(PresenceChange::CameOnline)
+    }
+
+    /// Removes a session; the last one takes the user offline.
+    pub fn end_session(&mut self, user: UserId, token: Token) -> PresenceChange {
+        let Some(u) = self.users.get_mut(&user) else {
+            return PresenceChange::Unchanged;
+        };
+        u.sessions.retain(|&t| t != token);
+        if !u.sessions.is_empty() {
+            return PresenceChange::Unchanged;
+        }
+        let u = self.users.remove(&user).expect("checked above");
+        for group in u.groups {
+            self.leave_live_group(group, user);
+        }
+        PresenceChange::WentOffline
+    }
+
+    fn leave_live_group(&mut self, group: GroupId, user: UserId) {
+        if let Some(live) = self.groups.get_mut(&group) {
+            live.online.remove(&user);
+            if live.online.is_empty() {
+                self.groups.remove(&group);
+            }
+        }
+    }
+
+    /// Records a new friendship on whichever side is online.
+    pub fn add_friendship(&mut self, a: (UserId, &str), b: (UserId, &str)) {
+        for (me, other) in [(a, b), (b, a)] {
+            if let Some(u) = self.users.get_mut(&me.0) {
+                u.friends.insert(other.1.to_ascii_lowercase(), Friend { id: other.0, name: other.1.to_string() });
+            }
+        }
+    }
+
+    pub fn remove_friendship(&mut self, a: UserId, b: UserId) {
+        for (me, other) in [(a, b), (b, a)] {
+            if let Some(u) = self.users.get_mut(&me) {
+                u.friends.retain(|_, f| f.id != other);
+            }
+        }
+    }
+
+    /// Records that an online user joined a group.
+    pub fn join_group(&mut self, user: UserId, group: GroupId, group_name: &str) {
+        if let Some(u) = self.users.get_mut(&user) {
+            u.groups.insert(group);
+            let live = self
+                .groups
+                .entry(group)
+                .or_insert_with(|| LiveGroup { name: group_name.to_string(), ..Default::default() });
+            live.online.insert(user);
+        }
+    }
+
+    pub fn leave_group(&mut self, user: UserId, group: GroupId) {
+        if let Some(u) = self.users.get_mut(&user) {
+            u.groups.remove(&group);
+            self.leave_live_group(group, user);
+        }
+    }
+
+    pub fn is_member(&self, user: UserId, group: GroupId) -> bool {
+        self.users.get(&user).is_some_and(|u| u.groups.contains(&group))
+    }
+
+    /// Online members of a group.
+    pub fn online_members(&self, group: GroupId) -> impl Iterator<Item = UserId> + '_ {
+        self.groups.get(&group).into_iter().flat_map(|g| g.online.iter().copied())
+    }
+
+    /// Reloads friends and groups of every online user from the store, after a transaction
+    /// whose in-memory effects were applied was rolled back.
+    pub fn resync(&mut self, store: &Store) -> StoreResult<()> {
+        let users: Vec<(UserId, String, Vec<Token>)> =
+            self.users.iter().map(|(id, u)| (*id, u.name.clone(), u.sessions.clone())).collect();
+        self.users.clear();
+        self.groups.clear();
+        for (id, name, sessions) in users {
+            for token in sessions {
+                self.start_session(id, &name, token, || World::snapshot(store, id))?;
+            }
+        }
+        self.retries.rebuild(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> StoreResult<LoginSnapshot> {
+        Ok(LoginSnapshot { friends: vec![], groups: vec![(1, "lobby".into())] })
+    }
+
+    #[test]
+    fn presence_changes_only_on_first_and_last_session() {
+        let mut w = World::new(10);
+        assert_eq!(w.start_session(5, "al", 1, empty).unwrap(), PresenceChange::CameOnline);
+        assert_eq!(w.start_session(5, "al", 2, empty).unwrap(), PresenceChange::Unchanged);
+        assert_eq!(w.online_members(1).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(w.end_session(5, 1), PresenceChange::Unchanged);
+        assert_eq!(w.end_session(5, 2), PresenceChange::WentOffline);
+        assert_eq!(w.end_session(5, 2), PresenceChange::Unchanged);
+        assert!(w.groups.is_empty());
+    }
+
+    #[test]
+    fn retry_window_forgets_the_oldest() {
+        let mut r = RetryWindow::new(2);
+        r.remember(1, 10, 100, 0);
+        r.remember(1, 11, 101, 0);
+        r.remember(1, 12, 102, 0);
+        assert_eq!(r.get(1, 10), None);
+        assert_eq!(r.get(1, 12), Some((102, 0)));
+    }
+}
