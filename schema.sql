@@ -1,7 +1,7 @@
 -- im-server schema, version 1. Applied to a new database by src/store/schema.rs, which sets
--- PRAGMA user_version to the version. Design notes for the write path are in README.md
--- ("Storage"); in short: a message insert touches two B-trees that both append or stay local
--- (the rowid table and the (channel, id) index), and delivery and read state are cursors
+-- PRAGMA user_version to the version. Designed for the write path (README.md, "Storage"): a
+-- message insert appends to one table and touches no other B-tree; which messages belong to
+-- a conversation is written in bulk (channel_blocks); delivery and read state are cursors
 -- updated in place, never a row per message per recipient.
 
 -- Server-wide values, such as the secret behind fake login salts.
@@ -62,9 +62,9 @@ CREATE TABLE group_members (
 ) WITHOUT ROWID;
 CREATE INDEX group_members_by_user ON group_members (user_id, group_id);
 
--- Every message of every conversation, and every friend event, in one table. The id is
--- assigned by the server, strictly increasing. channel names the conversation
--- (src/store/channel.rs): a direct pair, a group, or a user's own event feed.
+-- Every message of every conversation, and every friend event, in one append-only table with
+-- no secondary index. The id is assigned by the server, strictly increasing. channel names
+-- the conversation (src/store/channel.rs): a direct pair, a group, or a user's event feed.
 -- sender has no foreign key on purpose: the check would cost a lookup per insert on the hot
 -- path, and senders are never deleted.
 CREATE TABLE messages (
@@ -76,7 +76,17 @@ CREATE TABLE messages (
     sent_at       INTEGER NOT NULL, -- milliseconds since the Unix epoch
     body          BLOB    NOT NULL
 );
-CREATE INDEX messages_by_channel ON messages (channel, id);
+
+-- Which ids belong to each channel, as posting lists written in bulk (src/store/posting.rs):
+-- one row per channel per flush, ids delta-encoded as varints. Ids above meta.indexed_up_to
+-- are not here yet; the server keeps them in memory and rebuilds them from messages at start.
+CREATE TABLE channel_blocks (
+    channel  INTEGER NOT NULL,
+    last_id  INTEGER NOT NULL,
+    first_id INTEGER NOT NULL,
+    ids      BLOB    NOT NULL,
+    PRIMARY KEY (channel, last_id)
+) WITHOUT ROWID;
 
 -- Group 1 is the lobby, which every user joins at registration.
 INSERT INTO groups (id, name, owner_id, created_at) VALUES (1, 'lobby', NULL, 0);

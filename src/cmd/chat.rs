@@ -94,10 +94,12 @@ pub fn read(ctx: &mut Ctx, o: &mut Origin, me: UserId, peer: &str, up_to: u64) -
         return refuse(ErrorCode::NotFriends, "read receipts are for conversations with friends");
     };
     let up_to = (up_to.min(i64::MAX as u64) as i64).min(ctx.store.last_message_id());
-    ctx.store.set_read_up_to(me, friend.id, up_to)?;
-    let my_name = name_of(ctx, me);
-    for &t in ctx.world.sessions(friend.id) {
-        ctx.outbox.stage(t, FrameKind::Push, |b| response::read_receipt(b, &my_name, up_to as u64));
+    // A receipt that does not move forward changes nothing and is not pushed.
+    if ctx.store.set_read_up_to(me, friend.id, up_to)? {
+        let my_name = name_of(ctx, me);
+        for &t in ctx.world.sessions(friend.id) {
+            ctx.outbox.stage(t, FrameKind::Push, |b| response::read_receipt(b, &my_name, up_to as u64));
+        }
     }
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));

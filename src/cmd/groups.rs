@@ -5,7 +5,7 @@ use super::{Ctx, Origin, Outcome, check_body, name_of, refuse};
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery, GroupEntry, GroupEvent, MemberEntry};
-use crate::store::{Channel, GroupId, MessageKind, NewMessage, UserId};
+use crate::store::{Channel, GroupId, LOBBY_GROUP_ID, MessageKind, NewMessage, UserId};
 use crate::world::Token;
 
 const NOT_A_MEMBER: &str = "you are not a member of that group";
@@ -63,6 +63,9 @@ pub fn invite(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, username
 
 pub fn leave(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64) -> Outcome {
     let group = member_group(ctx, me, group_id)?;
+    if group == LOBBY_GROUP_ID {
+        return refuse(ErrorCode::InvalidArgument, "the lobby holds every user and cannot be left");
+    }
     ctx.store.remove_member(group, me)?;
     let my_name = name_of(ctx, me);
     group_event(ctx, group, GroupEvent::Left, &my_name);

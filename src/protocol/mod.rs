@@ -1,6 +1,7 @@
 //! The wire format of PROTOCOL.md, with no IO: framing, field codec, opcodes, error codes,
 //! request decoding and response encoding.
 
+pub mod client;
 pub mod codec;
 pub mod error_code;
 pub mod frame;

@@ -108,13 +108,15 @@ impl Store {
     }
 
     /// Records that `user` has read `peer`'s messages up to `up_to` (never backwards).
-    pub fn set_read_up_to(&mut self, user: UserId, peer: UserId, up_to: MessageId) -> StoreResult<()> {
+    /// Returns whether the receipt moved forward.
+    pub fn set_read_up_to(&mut self, user: UserId, peer: UserId, up_to: MessageId) -> StoreResult<bool> {
         self.write(|db| {
-            db.prepare_cached(
-                "UPDATE contacts SET read_up_to = ?3 WHERE user_id = ?1 AND peer_id = ?2 AND read_up_to < ?3",
-            )?
-            .execute(params![user, peer, up_to])?;
-            Ok(())
+            let changed = db
+                .prepare_cached(
+                    "UPDATE contacts SET read_up_to = ?3 WHERE user_id = ?1 AND peer_id = ?2 AND read_up_to < ?3",
+                )?
+                .execute(params![user, peer, up_to])?;
+            Ok(changed > 0)
         })
     }
 }

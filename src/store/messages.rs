@@ -1,7 +1,7 @@
 //! The one table of messages: inserts on the hot path, history pages, backlog pages.
 
-use super::{Channel, MessageId, Store, StoreResult, UserId};
-use rusqlite::{Connection, params};
+use super::{Channel, MessageId, Store, StoreResult, UserId, posting};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// What a stored row is: a chat text or a friend event (the event's wire number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,7 @@ impl Store {
             )?
             .execute(params![id, m.channel.0, m.sender, m.client_msg_id as i64, m.kind.to_column(), m.sent_at, m.body])
         })?;
+        self.tail.push(m.channel, id);
         self.next_message_id += 1;
         Ok(id)
     }
@@ -96,16 +97,17 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Up to `limit` text messages of a conversation with ids below `before`, newest first.
+    /// Up to `limit` messages of a conversation with ids below `before`, newest first.
     pub fn history(&self, channel: Channel, before: MessageId, limit: usize) -> StoreResult<Vec<HistoryRow>> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT m.id, m.sent_at, u.name, m.body FROM messages m JOIN users u ON u.id = m.sender
-             WHERE m.channel = ?1 AND m.id < ?2 ORDER BY m.id DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![channel.0, before, limit as i64], |r| {
-            Ok(HistoryRow { id: r.get(0)?, sent_at: r.get(1)?, sender: r.get(2)?, body: r.get(3)? })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut ids = posting::ids_before(&self.db, &self.tail, channel, before, limit)?;
+        ids.reverse();
+        let mut rows: Vec<HistoryRow> = self
+            .rows_by_id(channel, &ids)?
+            .into_iter()
+            .map(|r| HistoryRow { id: r.id, sent_at: r.sent_at, sender: r.sender_name, body: r.body })
+            .collect();
+        rows.reverse();
+        Ok(rows)
     }
 
     /// Up to `limit` items of a channel with `after < id <= up_to`, oldest first.
@@ -116,11 +118,16 @@ impl Store {
         up_to: MessageId,
         limit: usize,
     ) -> StoreResult<Vec<BacklogRow>> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT m.id, m.sender, u.name, m.kind, m.sent_at, m.body FROM messages m JOIN users u ON u.id = m.sender
-             WHERE m.channel = ?1 AND m.id > ?2 AND m.id <= ?3 ORDER BY m.id LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(params![channel.0, after, up_to, limit as i64], |r| {
+        let ids = posting::ids_after(&self.db, &self.tail, channel, after, up_to, limit)?;
+        self.rows_by_id(channel, &ids)
+    }
+
+    /// The rows of ascending `ids` of one channel. When the ids are dense in their range (a
+    /// conversation that had the server to itself, as in a long offline backlog) one range
+    /// scan reads them; otherwise each is looked up by id.
+    fn rows_by_id(&self, channel: Channel, ids: &[MessageId]) -> StoreResult<Vec<BacklogRow>> {
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return Ok(Vec::new()) };
+        let map = |r: &rusqlite::Row| {
             Ok(BacklogRow {
                 id: r.get(0)?,
                 sender: r.get(1)?,
@@ -129,7 +136,25 @@ impl Store {
                 sent_at: r.get(4)?,
                 body: r.get(5)?,
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        };
+        let mut rows = Vec::with_capacity(ids.len());
+        if (last - first) as usize <= 4 * ids.len() {
+            let mut stmt = self.db.prepare_cached(
+                "SELECT m.id, m.sender, u.name, m.kind, m.sent_at, m.body FROM messages m JOIN users u ON u.id = m.sender
+                 WHERE m.id BETWEEN ?1 AND ?2 AND m.channel = ?3 ORDER BY m.id",
+            )?;
+            for row in stmt.query_map(params![first, last, channel.0], map)? {
+                rows.push(row?);
+            }
+        } else {
+            let mut stmt = self.db.prepare_cached(
+                "SELECT m.id, m.sender, u.name, m.kind, m.sent_at, m.body FROM messages m JOIN users u ON u.id = m.sender
+                 WHERE m.id = ?1",
+            )?;
+            for &id in ids {
+                rows.extend(stmt.query_row([id], map).optional()?);
+            }
+        }
+        Ok(rows)
     }
 }

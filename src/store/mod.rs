@@ -8,6 +8,7 @@ mod channel;
 mod contacts;
 mod groups;
 mod messages;
+mod posting;
 mod schema;
 mod users;
 
@@ -87,6 +88,7 @@ pub struct Store {
     writes: u64,
     next_message_id: MessageId,
     first_uncommitted_id: MessageId,
+    tail: posting::Tail,
 }
 
 impl Store {
@@ -108,6 +110,7 @@ impl Store {
         db.set_prepared_statement_cache_capacity(64);
         schema::apply(&db)?;
         let next_message_id = messages::max_id(&db)? + 1;
+        let tail = posting::Tail::load(&db)?;
         Ok(Store {
             db,
             in_transaction: false,
@@ -115,6 +118,7 @@ impl Store {
             writes: 0,
             next_message_id,
             first_uncommitted_id: next_message_id,
+            tail,
         })
     }
 
@@ -159,11 +163,21 @@ impl Store {
         }
         self.in_transaction = false;
         if !self.failed {
-            match self.db.execute_batch("COMMIT") {
-                Ok(()) => return true,
+            // Posting lists are written in the same transaction as the batch that fills them.
+            let flush = self.tail.len() >= posting::FLUSH_AT;
+            let up_to = self.last_message_id();
+            let written = if flush { self.tail.write_blocks(&self.db, up_to) } else { Ok(()) };
+            match written.and_then(|()| self.db.execute_batch("COMMIT")) {
+                Ok(()) => {
+                    if flush {
+                        self.tail.clear(up_to);
+                    }
+                    return true;
+                }
                 Err(e) => log::error!("commit failed, rolling back: {e}"),
             }
         }
+        self.tail.forget_from(self.first_uncommitted_id);
         if let Err(e) = self.db.execute_batch("ROLLBACK") {
             log::error!("rollback failed: {e}");
         }
