@@ -391,8 +391,9 @@ impl Server {
     }
 }
 
-/// Handles every complete frame at the front of `data`; returns the bytes consumed.
-fn handle_frames(ctx: &mut Ctx, token: usize, conn: &mut Conn, data: &[u8]) -> usize {
+/// Handles every complete frame at the front of `data`; returns the bytes consumed. Public so
+/// that the fuzz target can drive the whole command layer without a poll loop.
+pub fn handle_frames(ctx: &mut Ctx, token: usize, conn: &mut Conn, data: &[u8]) -> usize {
     let mut used = 0;
     while conn.closing().is_none() {
         let limit = if conn.is_authenticated() { ctx.config.max_frame } else { ctx.config.max_frame_before_login };
