@@ -1386,7 +1386,8 @@ def start_server(workdir, db_name="test.db", extra=()):
 
     The database is `workdir/db_name`; the log (stderr) goes to `workdir/<db_name>.log`.
     """
-    binary = os.path.join(REPO, "target", "debug", "im-server")
+    # IM_SERVER_BIN lets a caller that built the server elsewhere (cargo test) name the binary.
+    binary = os.environ.get("IM_SERVER_BIN") or os.path.join(REPO, "target", "debug", "im-server")
     log = open(os.path.join(workdir, db_name + ".log"), "ab")
     process = subprocess.Popen(
         [binary, "--listen", "127.0.0.1:0", "--db", os.path.join(workdir, db_name),

@@ -1,0 +1,38 @@
+//! Runs the Python end-to-end scripts under `scripts/` against the binary this `cargo test`
+//! built, so the README's one test command covers them too. Each script starts its own
+//! servers and prints `N passed, N failed` last.
+
+use std::path::Path;
+use std::process::Command;
+
+fn run_script(script: &str) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("python3")
+        .arg(repo.join("scripts").join(script))
+        .arg("--no-build")
+        .env("IM_SERVER_BIN", env!("CARGO_BIN_EXE_im-server"))
+        .current_dir(repo)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.ends_with(" 0 failed"), "{script} ended with {last:?}");
+}
+
+#[test]
+fn python_end_to_end() {
+    run_script("test_server.py");
+}
+
+#[test]
+fn python_client_self_test() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new("python3")
+        .arg(repo.join("scripts").join("imclient.py"))
+        .arg("--self-test")
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "imclient.py --self-test failed");
+}
