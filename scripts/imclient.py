@@ -80,6 +80,7 @@ class Op:
     GROUP_CREATED = 0x8A
     GROUP_MEMBERS_RESULT = 0x8B
     GROUP_LIST_RESULT = 0x8C
+    RETRY_LATER = 0x8D
     # Pushes.
     DELIVER = 0xC0
     FRIEND_EVENT = 0xC1
@@ -118,6 +119,11 @@ ERROR_NAMES = {
     23: "INVALID_ARGUMENT",
     24: "STORE_UNAVAILABLE",
     25: "SHUTTING_DOWN",
+    26: "SLOW_READER",
+    27: "RATE_LIMITED",
+    28: "RECIPIENT_QUEUE_FULL",
+    29: "TOO_MANY_SESSIONS",
+    30: "LOGIN_TIMEOUT",
 }
 ERROR_CODES = {name: code for code, name in ERROR_NAMES.items()}
 
@@ -183,6 +189,7 @@ SCHEMAS = {
                   ("idle_timeout_secs", U32)],
     Op.PONG: [],
     Op.ERROR: [("code", U16), ("message", STR)],
+    Op.RETRY_LATER: [("code", U16), ("retry_after_ms", U32), ("message", STR)],
     Op.LOGIN_CHALLENGE: [("salt", BYTES), ("iterations", U32), ("nonce", BYTES)],
     Op.LOGIN_OK: [("server_signature", BYTES), ("username", STR)],
     Op.FRIEND_REQUEST_OK: [("outcome", U8)],
@@ -225,8 +232,10 @@ class ServerError(Exception):
     `request_id` is 0 for an unsolicited error sent right before the server closes.
     """
 
-    def __init__(self, code, message, request_id=0):
+    def __init__(self, code, message, request_id=0, retry_after_ms=None):
         self.code = code
+        # Set for RETRY_LATER answers: the request may be repeated after this many ms.
+        self.retry_after_ms = retry_after_ms
         self.name = ERROR_NAMES.get(code, "UNKNOWN_ERROR_%d" % code)
         self.message = message
         self.request_id = request_id
@@ -234,7 +243,8 @@ class ServerError(Exception):
 
     @classmethod
     def from_frame(cls, frame):
-        return cls(frame["code"], frame["message"], frame.request_id)
+        retry_after_ms = frame["retry_after_ms"] if frame.opcode == Op.RETRY_LATER else None
+        return cls(frame["code"], frame["message"], frame.request_id, retry_after_ms)
 
 
 class ConnectionClosed(ConnectionError):
@@ -665,7 +675,7 @@ class Client:
         while request_id not in self._responses:
             self._pump(deadline)
         frame = self._responses.pop(request_id)
-        if frame.opcode == Op.ERROR:
+        if frame.opcode in (Op.ERROR, Op.RETRY_LATER):
             raise ServerError.from_frame(frame)
         return frame
 

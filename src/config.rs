@@ -48,11 +48,63 @@ pub struct Config {
     /// retried SEND is answered with the original SENT instead of being stored twice.
     #[arg(long, default_value_t = 100_000)]
     pub dedup_window: usize,
+
+    /// Seconds a connection has to log in (from connecting or from LOGOUT) before it is closed.
+    #[arg(long, default_value_t = 10)]
+    pub login_timeout: u64,
+
+    /// Connections one user may have logged in at once; the next login gets TOO_MANY_SESSIONS.
+    /// 0 means unlimited.
+    #[arg(long, default_value_t = 0)]
+    pub max_sessions: usize,
+
+    /// Soft limit of a connection's write queue, in bytes: a connection above it stops being
+    /// read, and is closed if it stays above it for --write-queue-soft-seconds.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub write_queue_soft_limit: usize,
+
+    /// Seconds a write queue may stay above its soft limit.
+    #[arg(long, default_value_t = 10)]
+    pub write_queue_soft_seconds: u64,
+
+    /// Hard limit of a connection's write queue, in bytes: above it the connection is closed.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub write_queue_hard_limit: usize,
+
+    /// Messages per second one user may send (SEND and GROUP_SEND, all devices together);
+    /// 0 means unlimited.
+    #[arg(long, default_value_t = 0)]
+    pub send_rate: u32,
+
+    /// Messages one user may send in a burst above --send-rate.
+    #[arg(long, default_value_t = 100)]
+    pub send_burst: u32,
+
+    /// Registrations allowed per source address per --register-window; 0 means unlimited.
+    #[arg(long, default_value_t = 0)]
+    pub register_limit: u32,
+
+    /// The window of --register-limit, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub register_window: u64,
+
+    /// Exempt loopback addresses (127.0.0.0/8, ::1) from --register-limit.
+    #[arg(long)]
+    pub trust_loopback: bool,
+
+    /// Undelivered direct messages held for one recipient; past it the sender gets
+    /// RECIPIENT_QUEUE_FULL and nothing is stored. 0 means unlimited.
+    #[arg(long, default_value_t = 0)]
+    pub max_offline: u32,
 }
 
 impl Config {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout)
+    }
+
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.login_timeout)
     }
 
     /// A configuration with every default, listening on `listen` with the database at `db`.

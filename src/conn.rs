@@ -9,6 +9,7 @@ use crate::sync::Backlog;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -39,6 +40,8 @@ pub enum CloseReason {
     ProtocolError,
     IdleTimeout,
     TooManyAttempts,
+    LoginTimeout,
+    SlowReader,
     ShuttingDown,
 }
 
@@ -64,8 +67,16 @@ const MAX_IOVECS: usize = 64;
 
 pub struct Conn {
     pub socket: TcpStream,
+    pub peer: IpAddr,
     pub state: ConnState,
     pub last_frame_at: Instant,
+    /// When the connection last became unauthenticated (accepted, or logged out): the login
+    /// timeout counts from here.
+    pub unauthenticated_since: Instant,
+    /// Since when the write queue has been above its soft limit.
+    pub over_soft_limit_since: Option<Instant>,
+    /// Reading is paused while this connection's own output is above the soft limit.
+    pub read_paused: bool,
     pub failed_logins: u8,
     /// The offline backlog still being pushed after login, if any.
     pub backlog: Option<Box<Backlog>>,
@@ -78,11 +89,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(socket: TcpStream, now: Instant) -> Self {
+    pub fn new(socket: TcpStream, peer: IpAddr, now: Instant) -> Self {
         Conn {
             socket,
+            peer,
             state: ConnState::AwaitHello,
             last_frame_at: now,
+            unauthenticated_since: now,
+            over_soft_limit_since: None,
+            read_paused: false,
             failed_logins: 0,
             backlog: None,
             closing: None,

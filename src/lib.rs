@@ -5,6 +5,7 @@
 //! - [`protocol`]: the wire format of PROTOCOL.md — framing, fields, opcodes, error codes. No IO.
 //! - [`scram`]: SCRAM-SHA-256 math for both sides of a login.
 //! - [`store`]: the only code that touches SQLite; the schema is `schema.sql`, embedded.
+//! - [`limits`]: the send token bucket and the registration throttle.
 //! - [`world`]: in-memory state of who is online, their friends and groups, recent message ids.
 //! - [`outbox`]: frames produced while handling a batch, held until the batch has committed.
 //! - [`cmd`]: one file per command family; each parses, applies to store and world, answers.
@@ -15,6 +16,7 @@
 pub mod cmd;
 pub mod config;
 pub mod conn;
+pub mod limits;
 pub mod outbox;
 pub mod protocol;
 pub mod scram;

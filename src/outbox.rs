@@ -98,6 +98,11 @@ impl Outbox {
         self.entries.is_empty()
     }
 
+    /// Bytes encoded into the staging buffer so far in this iteration.
+    pub fn staged_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Hands every staged frame, in order, to `deliver`, after the batch's commit succeeded
     /// (`committed`) or failed. Frames withdrawn by a failed commit are replaced or dropped
     /// here. Leaves the outbox empty, keeping its memory for the next iteration.

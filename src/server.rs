@@ -29,8 +29,11 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// Bytes read per `read` call, into a buffer shared by all connections.
 const READ_CHUNK: usize = 64 * 1024;
-/// Backlog bytes queued per connection before waiting for the socket to drain.
-const BACKLOG_BUDGET: usize = 256 * 1024;
+/// Backlog bytes queued per connection before waiting for the socket to drain; below the
+/// default write-queue soft limit, so a backlog alone never makes a reader look slow.
+const BACKLOG_BUDGET: usize = 128 * 1024;
+/// Bytes read from one connection per iteration before the others get their turn.
+const READ_BUDGET: usize = 4 * READ_CHUNK;
 
 pub struct Server {
     config: Config,
@@ -49,6 +52,11 @@ pub struct Server {
     dirty: HashSet<usize>,
     /// Connections still receiving their offline backlog.
     syncing: HashSet<usize>,
+    /// Connections to read again without waiting for an event: their read budget ran out, or
+    /// their reading was paused and their write queue has drained.
+    read_again: HashSet<usize>,
+    /// Connections whose reading is paused until their write queue drains.
+    paused: HashSet<usize>,
     shutting_down: bool,
     next_sweep: Instant,
 }
@@ -83,6 +91,8 @@ impl Server {
             closing: HashSet::new(),
             dirty: HashSet::new(),
             syncing: HashSet::new(),
+            read_again: HashSet::new(),
+            paused: HashSet::new(),
             shutting_down: false,
             next_sweep: Instant::now() + Self::sweep_interval(&config),
             config,
@@ -102,7 +112,7 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.backlog_waiting() {
+            let timeout = if self.backlog_waiting() || !self.read_again.is_empty() {
                 Duration::ZERO
             } else {
                 self.next_sweep.saturating_duration_since(Instant::now())
@@ -115,6 +125,9 @@ impl Server {
             }
             let now = Instant::now();
             let now_ms = now_ms();
+            for token in std::mem::take(&mut self.read_again) {
+                self.read_conn(token, now, now_ms);
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
@@ -174,7 +187,7 @@ impl Server {
                         continue;
                     }
                     let _ = socket.set_nodelay(true);
-                    entry.insert(Conn::new(socket, now));
+                    entry.insert(Conn::new(socket, addr.ip(), now));
                     log::debug!("connection {token} from {addr}");
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -187,22 +200,36 @@ impl Server {
         }
     }
 
-    /// Reads until the socket would block, handling each complete frame as it arrives.
+    /// Reads until the socket would block, handling each complete frame as it arrives. Stops
+    /// early when the connection's read budget for this iteration is spent (it is read again
+    /// next iteration) or when its own output passes the soft limit (it is paused until its
+    /// write queue drains): a client that writes without reading gets no unbounded buffering.
     fn read_conn(&mut self, token: usize, now: Instant, now_ms: i64) {
         let Server { conns, store, world, outbox, config, server_secret, scratch, .. } = self;
         let Some(conn) = conns.get_mut(token) else { return };
-        if conn.closing().is_some() {
+        if conn.closing().is_some() || conn.read_paused {
             return;
         }
-        let mut ctx = Ctx { store, world, outbox, config, server_secret, now_ms };
+        let mut ctx = Ctx { store, world, outbox, config, server_secret, now_ms, now };
         let mut pending = conn.take_read_buf();
-        loop {
+        if !pending.is_empty() {
+            // Frames held back by a pause go first.
+            let used = handle_frames(&mut ctx, token, conn, &pending);
+            pending.drain(..used);
+        }
+        let mut budget = READ_BUDGET;
+        while conn.closing().is_none() && !conn.read_paused {
+            if budget == 0 {
+                self.read_again.insert(token);
+                break;
+            }
             match conn.socket.read(scratch) {
                 Ok(0) => {
                     conn.close(CloseReason::PeerClosed);
                     break;
                 }
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     conn.last_frame_at = now;
                     if pending.is_empty() {
                         // The common case: parse straight from the shared buffer, keep only a tail.
@@ -212,9 +239,6 @@ impl Server {
                         pending.extend_from_slice(&scratch[..n]);
                         let used = handle_frames(&mut ctx, token, conn, &pending);
                         pending.drain(..used);
-                    }
-                    if conn.closing().is_some() {
-                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -229,22 +253,40 @@ impl Server {
         conn.keep_read_buf(pending);
         if conn.closing().is_some() {
             self.closing.insert(token);
+        } else if conn.read_paused {
+            self.paused.insert(token);
         }
         if conn.backlog.is_some() {
             self.syncing.insert(token);
         }
     }
 
+    /// The once-a-tick timers: idle timeout, login timeout, and slow readers held above the
+    /// soft limit for too long.
     fn sweep_idle(&mut self, now: Instant) {
-        let limit = self.config.idle_timeout();
+        let idle = self.config.idle_timeout();
+        let login = self.config.login_timeout();
+        let soft = Duration::from_secs(self.config.write_queue_soft_seconds);
         for (token, conn) in self.conns.iter_mut() {
-            if conn.closing().is_none() && now.duration_since(conn.last_frame_at) >= limit {
-                log::debug!("connection {token}: idle timeout");
-                self.outbox.error(token, 0, ErrorCode::IdleTimeout, "no frame received within the idle timeout");
-                conn.close(CloseReason::IdleTimeout);
-                self.closing.insert(token);
+            if conn.closing().is_some() {
+                continue;
             }
+            let (code, reason, message) = if now.duration_since(conn.last_frame_at) >= idle {
+                (ErrorCode::IdleTimeout, CloseReason::IdleTimeout, "no frame received within the idle timeout")
+            } else if !conn.is_authenticated() && now.duration_since(conn.unauthenticated_since) >= login {
+                (ErrorCode::LoginTimeout, CloseReason::LoginTimeout, "not logged in within the login timeout")
+            } else if conn.over_soft_limit_since.is_some_and(|t| now.duration_since(t) >= soft) {
+                log::warn!("connection {token}: closing a slow reader ({} bytes queued)", conn.queued_bytes());
+                (ErrorCode::SlowReader, CloseReason::SlowReader, "the connection did not read what it was sent")
+            } else {
+                continue;
+            };
+            log::debug!("connection {token}: {reason:?}");
+            self.outbox.error(token, 0, code, message);
+            conn.close(reason);
+            self.closing.insert(token);
         }
+        self.world.registrations.prune(Duration::from_secs(self.config.register_window), now);
     }
 
     fn close_all(&mut self) {
@@ -272,6 +314,7 @@ impl Server {
         self.deliver_outbox(committed);
         self.fill_backlogs();
         self.flush_dirty();
+        self.resume_paused();
         // Closing a session stages presence pushes for others; deliver those too before sleeping.
         while !self.closing.is_empty() {
             self.remove_closing();
@@ -349,6 +392,18 @@ impl Server {
                 self.closing.insert(token);
                 continue;
             }
+            let queued = conn.queued_bytes();
+            if queued > self.config.write_queue_hard_limit {
+                log::warn!("connection {token}: closing a slow reader ({queued} bytes queued)");
+                conn.close(CloseReason::SlowReader);
+                self.closing.insert(token);
+                continue;
+            }
+            if queued > self.config.write_queue_soft_limit {
+                conn.over_soft_limit_since.get_or_insert_with(Instant::now);
+            } else {
+                conn.over_soft_limit_since = None;
+            }
             if let Some(want) = conn.wants_writable_change() {
                 let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
                 match self.poll.registry().reregister(&mut conn.socket, Token(token), interest) {
@@ -361,6 +416,24 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Resumes reading connections that were paused for their output, once it has drained.
+    fn resume_paused(&mut self) {
+        let soft = self.config.write_queue_soft_limit;
+        let Server { conns, paused, read_again, .. } = self;
+        paused.retain(|&token| {
+            let Some(conn) = conns.get_mut(token) else { return false };
+            if conn.closing().is_some() {
+                return false;
+            }
+            if conn.queued_bytes() >= soft {
+                return true;
+            }
+            conn.read_paused = false;
+            read_again.insert(token);
+            false
+        });
     }
 
     /// Removes every connection marked to close, ending its session first.
@@ -379,11 +452,14 @@ impl Server {
                     config: &self.config,
                     server_secret: &self.server_secret,
                     now_ms: now_ms(),
+                    now: Instant::now(),
                 };
                 cmd::end_session(&mut ctx, token, user);
             }
             self.syncing.remove(&token);
             self.dirty.remove(&token);
+            self.paused.remove(&token);
+            self.read_again.remove(&token);
             let _ = self.poll.registry().deregister(&mut conn.socket);
             log::debug!("connection {token} closed: {:?}", conn.closing());
             drop::<TcpStream>(conn.socket);
@@ -395,7 +471,13 @@ impl Server {
 /// that the fuzz target can drive the whole command layer without a poll loop.
 pub fn handle_frames(ctx: &mut Ctx, token: usize, conn: &mut Conn, data: &[u8]) -> usize {
     let mut used = 0;
+    let staged_at_start = ctx.outbox.staged_bytes();
     while conn.closing().is_none() {
+        if conn.queued_bytes() + (ctx.outbox.staged_bytes() - staged_at_start) > ctx.config.write_queue_soft_limit {
+            // The rest waits in the read buffer until this connection's output drains.
+            conn.read_paused = true;
+            break;
+        }
         let limit = if conn.is_authenticated() { ctx.config.max_frame } else { ctx.config.max_frame_before_login };
         match frame::check(&data[used..], limit) {
             FrameCheck::Incomplete => break,

@@ -5,8 +5,10 @@
 //! after a rolled-back transaction), so that hot-path checks — is this a friend, is this a
 //! member, who is online — never touch the database.
 
+use crate::limits::{RegistrationThrottle, TokenBucket};
 use crate::store::{GroupId, MessageId, Store, StoreResult, UserId};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 /// A connection's slab key and mio token.
 pub type Token = usize;
@@ -26,6 +28,8 @@ pub struct OnlineUser {
     /// Current friends by lowercase name.
     pub friends: HashMap<String, Friend>,
     pub groups: HashSet<GroupId>,
+    /// Sends allowed now; shared by all of the user's connections.
+    pub send_bucket: TokenBucket,
 }
 
 impl OnlineUser {
@@ -100,12 +104,24 @@ impl RetryWindow {
     }
 }
 
+/// The ids of a recipient's undelivered direct messages, ascending.
+#[derive(Debug, Default)]
+pub struct Undelivered {
+    pub ids: VecDeque<MessageId>,
+    /// False when the store held more than were loaded: an ACK must then reload them.
+    pub complete: bool,
+}
+
 /// The live state of the server.
 #[derive(Debug, Default)]
 pub struct World {
     pub users: HashMap<UserId, OnlineUser>,
     pub groups: HashMap<GroupId, LiveGroup>,
     pub retries: RetryWindow,
+    pub registrations: RegistrationThrottle,
+    /// Undelivered direct messages per recipient, read from the store on first need and kept
+    /// up to date by SEND and ACK (for `--max-offline`).
+    pub undelivered: HashMap<UserId, Undelivered>,
 }
 
 /// Whether a session change changed the user's presence.
@@ -157,6 +173,7 @@ impl World {
         user: UserId,
         name: &str,
         token: Token,
+        now: Instant,
         load: impl FnOnce() -> StoreResult<LoginSnapshot>,
     ) -> StoreResult<PresenceChange> {
         if let Some(u) = self.users.get_mut(&user) {
@@ -166,6 +183,7 @@ impl World {
         let snapshot = load()?;
         let mut online = OnlineUser {
             name: name.to_string(),
+            send_bucket: TokenBucket::full(now),
             sessions: vec![token],
             friends: HashMap::with_capacity(snapshot.friends.len()),
             groups: HashSet::with_capacity(snapshot.groups.len()),
@@ -259,11 +277,13 @@ impl World {
             self.users.iter().map(|(id, u)| (*id, u.name.clone(), u.sessions.clone())).collect();
         self.users.clear();
         self.groups.clear();
+        let now = Instant::now();
         for (id, name, sessions) in users {
             for token in sessions {
-                self.start_session(id, &name, token, || World::snapshot(store, id))?;
+                self.start_session(id, &name, token, now, || World::snapshot(store, id))?;
             }
         }
+        self.undelivered.clear();
         self.retries.rebuild(store)
     }
 }
@@ -279,8 +299,8 @@ mod tests {
     #[test]
     fn presence_changes_only_on_first_and_last_session() {
         let mut w = World::new(10);
-        assert_eq!(w.start_session(5, "al", 1, empty).unwrap(), PresenceChange::CameOnline);
-        assert_eq!(w.start_session(5, "al", 2, empty).unwrap(), PresenceChange::Unchanged);
+        assert_eq!(w.start_session(5, "al", 1, Instant::now(), empty).unwrap(), PresenceChange::CameOnline);
+        assert_eq!(w.start_session(5, "al", 2, Instant::now(), empty).unwrap(), PresenceChange::Unchanged);
         assert_eq!(w.online_members(1).collect::<Vec<_>>(), vec![5]);
         assert_eq!(w.end_session(5, 1), PresenceChange::Unchanged);
         assert_eq!(w.end_session(5, 2), PresenceChange::WentOffline);

@@ -1,6 +1,6 @@
 //! HELLO, PING, REGISTER, the two SCRAM login steps, and LOGOUT.
 
-use super::{Ctx, Origin, Outcome, name_of, notify, refuse};
+use super::{Ctx, Origin, Outcome, Refusal, name_of, notify, refuse};
 use crate::conn::{CloseReason, ConnState, PendingLogin};
 use crate::protocol::request::Registration;
 use crate::protocol::response::{self, ServerLimits};
@@ -10,6 +10,7 @@ use crate::store::Channel;
 use crate::store::{NewUser, UserId};
 use crate::sync::{Backlog, SourceSpec};
 use crate::world::World;
+use std::time::Duration;
 
 /// Failed logins after which a connection is closed.
 pub const MAX_FAILED_LOGINS: u8 = 5;
@@ -55,6 +56,13 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
     if !(16..=64).contains(&r.salt.len()) || r.stored_key.len() != KEY_LEN || r.server_key.len() != KEY_LEN {
         return refuse(ErrorCode::WeakCredentials, "the salt must be 16 to 64 bytes and each key 32 bytes");
     }
+    let throttled = ctx.config.register_limit > 0 && !(ctx.config.trust_loopback && o.conn.peer.is_loopback());
+    let window = Duration::from_secs(ctx.config.register_window);
+    if throttled
+        && let Err(wait) = ctx.world.registrations.check(o.conn.peer, ctx.config.register_limit, window, ctx.now)
+    {
+        return Err(Refusal::RetryLater(ErrorCode::RateLimited, wait, "too many registrations from this address"));
+    }
     let name_key = r.username.to_ascii_lowercase();
     let created = ctx.store.create_user(&NewUser {
         name: r.username,
@@ -67,6 +75,9 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
     })?;
     if created.is_none() {
         return refuse(ErrorCode::UsernameTaken, "that username is taken");
+    }
+    if throttled {
+        ctx.world.registrations.record(o.conn.peer, ctx.now);
     }
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
@@ -123,11 +134,17 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8]) -> Outcome {
         }
         return refuse(ErrorCode::AuthFailed, "wrong username or password");
     };
+    if ctx.config.max_sessions > 0 && ctx.world.sessions(user).len() >= ctx.config.max_sessions {
+        return refuse(
+            ErrorCode::TooManySessions,
+            "this user has too many connections logged in; log out of one first",
+        );
+    }
     // Read everything the session needs before answering, so a database failure leaves the
     // connection logged out with a single error.
     let backlog = backlog_of(ctx, user, &name)?;
     let store = &*ctx.store;
-    let change = ctx.world.start_session(user, &name, o.token, || World::snapshot(store, user))?;
+    let change = ctx.world.start_session(user, &name, o.token, ctx.now, || World::snapshot(store, user))?;
     let signature = scram::server_signature(&pending.server_key, &pending.auth_message);
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::login_ok(b, id, &signature, &name));
@@ -171,6 +188,7 @@ pub fn end_session(ctx: &mut Ctx, token: crate::world::Token, user: UserId) {
 pub fn logout(ctx: &mut Ctx, o: &mut Origin, user: UserId) -> Outcome {
     end_session(ctx, o.token, user);
     o.conn.state = ConnState::Unauthenticated;
+    o.conn.unauthenticated_since = ctx.now;
     o.conn.backlog = None;
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::ok(b, id));

@@ -1,11 +1,11 @@
 //! SEND, ACK and READ: direct messages, acknowledgement of delivery, read receipts.
 
-use super::{Ctx, Origin, Outcome, check_body, name_of, refuse};
+use super::{Ctx, Origin, Outcome, check_body, name_of, refuse, take_send_token};
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery};
 use crate::store::{Channel, MessageId, MessageKind, NewMessage, UserId};
-use crate::world::Token;
+use crate::world::{Token, Undelivered};
 use std::rc::Rc;
 
 /// Answers a retry with its original `SENT`. If the original is still in the uncommitted
@@ -53,6 +53,8 @@ pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, to: &str, client_msg_id: 
     if let Some((id, sent_at)) = ctx.world.retries.get(me, client_msg_id) {
         return answer_retry(ctx, o, id, sent_at);
     }
+    take_send_token(ctx, me)?;
+    check_recipient_queue(ctx, friend.id)?;
     let sent_at = ctx.now_ms;
     let id = ctx.store.insert_message(&NewMessage {
         channel: Channel::direct(me, friend.id),
@@ -63,6 +65,9 @@ pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, to: &str, client_msg_id: 
         body: body.as_bytes(),
     })?;
     ctx.world.retries.remember(me, client_msg_id, id, sent_at);
+    if let Some(undelivered) = ctx.world.undelivered.get_mut(&friend.id) {
+        undelivered.ids.push_back(id);
+    }
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::sent(b, rid, id as u64, sent_at as u64));
 
@@ -80,10 +85,42 @@ pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, to: &str, client_msg_id: 
     Ok(())
 }
 
+/// Refuses a message to a recipient who already has `--max-offline` undelivered ones. The
+/// ids are read from the store the first time they are needed, then kept by SEND and ACK, so
+/// the hot path is one map lookup.
+fn check_recipient_queue(ctx: &mut Ctx, recipient: UserId) -> Outcome {
+    let limit = ctx.config.max_offline as usize;
+    if limit == 0 {
+        return Ok(());
+    }
+    if !ctx.world.undelivered.contains_key(&recipient) {
+        let ids = ctx.store.undelivered_direct(recipient, limit)?;
+        let complete = ids.len() <= limit;
+        ctx.world.undelivered.insert(recipient, Undelivered { ids: ids.into(), complete });
+    }
+    if ctx.world.undelivered.get(&recipient).is_some_and(|u| u.ids.len() >= limit) {
+        return refuse(ErrorCode::RecipientQueueFull, "the recipient has too many undelivered messages; try later");
+    }
+    Ok(())
+}
+
 pub fn ack(ctx: &mut Ctx, o: &mut Origin, me: UserId, up_to: u64) -> Outcome {
     // A cursor never passes the newest id: acknowledging the future would lose it.
     let up_to = (up_to.min(i64::MAX as u64) as i64).min(ctx.store.last_message_id());
     ctx.store.acknowledge(me, up_to)?;
+    if let Some(undelivered) = ctx.world.undelivered.get_mut(&me) {
+        if undelivered.complete {
+            while undelivered.ids.front().is_some_and(|&id| id <= up_to) {
+                undelivered.ids.pop_front();
+            }
+            if undelivered.ids.is_empty() {
+                // Keep the (empty, complete) entry but give its memory back.
+                undelivered.ids = Default::default();
+            }
+        } else {
+            ctx.world.undelivered.remove(&me);
+        }
+    }
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
     Ok(())

@@ -1,7 +1,7 @@
 //! GROUP_CREATE, GROUP_INVITE, GROUP_LEAVE, GROUP_MEMBERS, GROUP_LIST, GROUP_SEND.
 
 use super::chat::{answer_retry, fan_out, other_sessions};
-use super::{Ctx, Origin, Outcome, check_body, name_of, refuse};
+use super::{Ctx, Origin, Outcome, check_body, name_of, refuse, take_send_token};
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery, GroupEntry, GroupEvent, MemberEntry};
@@ -109,6 +109,7 @@ pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, client_msg
     if let Some((id, sent_at)) = ctx.world.retries.get(me, client_msg_id) {
         return answer_retry(ctx, o, id, sent_at);
     }
+    take_send_token(ctx, me)?;
     let sent_at = ctx.now_ms;
     let id = ctx.store.insert_message(&NewMessage {
         channel: Channel::group(group),

@@ -14,7 +14,7 @@ pub use auth::end_session;
 use crate::config::Config;
 use crate::conn::{Conn, ConnState};
 use crate::outbox::Outbox;
-use crate::protocol::{ErrorCode, FrameHeader, Request};
+use crate::protocol::{ErrorCode, FrameHeader, Request, response};
 use crate::store::{Store, StoreError, UserId};
 use crate::world::{Token, World};
 
@@ -27,6 +27,8 @@ pub struct Ctx<'a> {
     pub server_secret: &'a [u8],
     /// Wall-clock time of this loop iteration, in milliseconds since the Unix epoch.
     pub now_ms: i64,
+    /// Monotonic time of this loop iteration, for limits.
+    pub now: std::time::Instant,
 }
 
 /// The connection a request arrived on.
@@ -39,6 +41,8 @@ pub struct Origin<'c> {
 /// A handler's failure: an error code and a sentence, or a database failure.
 pub enum Refusal {
     Error(ErrorCode, &'static str),
+    /// A limit that clears by itself: answered with `RETRY_LATER`.
+    RetryLater(ErrorCode, std::time::Duration, &'static str),
     Store(StoreError),
 }
 
@@ -67,6 +71,10 @@ pub fn dispatch(ctx: &mut Ctx, token: Token, conn: &mut Conn, frame: FrameHeader
     match outcome {
         Ok(()) => {}
         Err(Refusal::Error(code, message)) => ctx.outbox.error(token, request_id, code, message),
+        Err(Refusal::RetryLater(code, wait, message)) => {
+            let ms = wait.as_millis().clamp(1, u32::MAX as u128) as u32;
+            ctx.outbox.respond(token, request_id, |b| response::retry_later(b, request_id, code, ms, message));
+        }
         Err(Refusal::Store(e)) => {
             log::error!("request failed in the store: {e}");
             ctx.outbox.error(
@@ -136,6 +144,18 @@ fn authenticated(ctx: &mut Ctx, o: &mut Origin, user: UserId, request: Request) 
 /// The display name of an online user (every authenticated connection's user is online).
 fn name_of(ctx: &Ctx, user: UserId) -> String {
     ctx.world.user(user).map(|u| u.name.clone()).unwrap_or_default()
+}
+
+/// Takes a token from the user's send bucket (`--send-rate`, `--send-burst`).
+fn take_send_token(ctx: &mut Ctx, user: UserId) -> Outcome {
+    let (rate, burst) = (ctx.config.send_rate, ctx.config.send_burst);
+    if rate == 0 {
+        return Ok(());
+    }
+    let Some(u) = ctx.world.users.get_mut(&user) else { return Ok(()) };
+    u.send_bucket
+        .take(rate, burst, ctx.now)
+        .map_err(|wait| Refusal::RetryLater(ErrorCode::RateLimited, wait, "you are sending too fast; slow down"))
 }
 
 /// Checks a message body against `--max-body`.

@@ -29,6 +29,11 @@ pub enum ErrorCode {
     InvalidArgument = 23,
     StoreUnavailable = 24,
     ShuttingDown = 25,
+    SlowReader = 26,
+    RateLimited = 27,
+    RecipientQueueFull = 28,
+    TooManySessions = 29,
+    LoginTimeout = 30,
 }
 
 impl ErrorCode {

@@ -36,6 +36,7 @@ pub const HISTORY_PAGE: u8 = 0x89;
 pub const GROUP_CREATED: u8 = 0x8A;
 pub const GROUP_MEMBERS_RESULT: u8 = 0x8B;
 pub const GROUP_LIST_RESULT: u8 = 0x8C;
+pub const RETRY_LATER: u8 = 0x8D;
 
 pub const DELIVER: u8 = 0xC0;
 pub const FRIEND_EVENT: u8 = 0xC1;

@@ -39,6 +39,11 @@ pub fn error(buf: &mut Vec<u8>, request_id: u32, code: ErrorCode, message: &str)
     FrameWriter::new(buf, op::ERROR, request_id).u16(code.code()).str(message).finish();
 }
 
+/// An error that clears by itself: the request may be repeated after `retry_after_ms`.
+pub fn retry_later(buf: &mut Vec<u8>, request_id: u32, code: ErrorCode, retry_after_ms: u32, message: &str) {
+    FrameWriter::new(buf, op::RETRY_LATER, request_id).u16(code.code()).u32(retry_after_ms).str(message).finish();
+}
+
 pub fn login_challenge(buf: &mut Vec<u8>, request_id: u32, salt: &[u8], iterations: u32, nonce: &[u8]) {
     FrameWriter::new(buf, op::LOGIN_CHALLENGE, request_id).bytes(salt).u32(iterations).bytes(nonce).finish();
 }

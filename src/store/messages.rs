@@ -97,6 +97,29 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Ids of direct messages to `user` past the user's delivery cursor, ascending; at most
+    /// `cap` of them per conversation, so more than `cap` in all means "at least `cap`".
+    pub fn undelivered_direct(&self, user: UserId, cap: usize) -> StoreResult<Vec<MessageId>> {
+        let after = self.delivered_up_to(user)?;
+        let mut sender = self.db.prepare_cached("SELECT sender FROM messages WHERE id = ?1")?;
+        let mut ids = Vec::new();
+        for contact in self.contacts(user)? {
+            let channel = Channel::direct(user, contact.peer);
+            let mut found = 0;
+            for id in posting::ids_after(&self.db, &self.tail, channel, after, MessageId::MAX, usize::MAX)? {
+                if sender.query_row([id], |r| r.get::<_, UserId>(0))? != user {
+                    ids.push(id);
+                    found += 1;
+                    if found > cap {
+                        break;
+                    }
+                }
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     /// Up to `limit` messages of a conversation with ids below `before`, newest first.
     pub fn history(&self, channel: Channel, before: MessageId, limit: usize) -> StoreResult<Vec<HistoryRow>> {
         let mut ids = posting::ids_before(&self.db, &self.tail, channel, before, limit)?;

@@ -60,6 +60,11 @@ pub mod code {
     pub const INVALID_ARGUMENT: u16 = 23;
     pub const STORE_UNAVAILABLE: u16 = 24;
     pub const SHUTTING_DOWN: u16 = 25;
+    pub const SLOW_READER: u16 = 26;
+    pub const RATE_LIMITED: u16 = 27;
+    pub const RECIPIENT_QUEUE_FULL: u16 = 28;
+    pub const TOO_MANY_SESSIONS: u16 = 29;
+    pub const LOGIN_TIMEOUT: u16 = 30;
 }
 
 /// Opcodes, PROTOCOL.md §3.
@@ -99,6 +104,7 @@ pub mod op {
     pub const GROUP_CREATED: u8 = 0x8A;
     pub const GROUP_MEMBERS_RESULT: u8 = 0x8B;
     pub const GROUP_LIST_RESULT: u8 = 0x8C;
+    pub const RETRY_LATER: u8 = 0x8D;
 
     pub const DELIVER: u8 = 0xC0;
     pub const FRIEND_EVENT: u8 = 0xC1;
@@ -348,6 +354,7 @@ pub enum Message {
     HelloOk(HelloOk),
     Pong,
     Error { code: u16, message: String },
+    RetryLater { code: u16, retry_after_ms: u32, message: String },
     LoginChallenge { salt: Vec<u8>, iterations: u32, nonce: Vec<u8> },
     LoginOk { server_signature: Vec<u8>, username: String },
     FriendRequestOk { outcome: u8 },
@@ -501,6 +508,7 @@ impl Frame {
             }),
             op::PONG => Message::Pong,
             op::ERROR => Message::Error { code: f.u16(), message: f.str() },
+            op::RETRY_LATER => Message::RetryLater { code: f.u16(), retry_after_ms: f.u32(), message: f.str() },
             op::LOGIN_CHALLENGE => Message::LoginChallenge { salt: f.bytes(), iterations: f.u32(), nonce: f.bytes() },
             op::LOGIN_OK => Message::LoginOk { server_signature: f.bytes(), username: f.str() },
             op::FRIEND_REQUEST_OK => Message::FriendRequestOk { outcome: f.u8() },
@@ -702,6 +710,11 @@ impl TestServer {
             .and_then(|port| port.parse().ok())
             .unwrap_or_else(|| panic!("no port in {first_line:?}"));
         server
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn db_path(&self) -> PathBuf {
