@@ -72,3 +72,44 @@ fn a_user_never_befriended_cannot_read_a_conversation_with_them() {
     assert_eq!(stranger.error_code(), Some(code::FORBIDDEN), "{stranger:?}");
     assert_eq!(stranger.error_without_name("bob"), unknown.error_without_name("ghost"));
 }
+
+#[test]
+fn a_stranger_cannot_answer_or_see_requests_addressed_to_someone_else() {
+    let server = TestServer::start();
+    server.register_all(&["alice", "bob", "mallory"]);
+    let mut alice = server.device("alice");
+    let mut bob = server.device("bob");
+    assert_eq!(alice.call(req::friend_request("bob")), Message::FriendRequestOk { outcome: 0 });
+    bob.barrier();
+    let mut mallory = server.device("mallory");
+    for (label, existing, missing) in [
+        ("FRIEND_ACCEPT", req::friend_accept("alice"), req::friend_accept("ghost")),
+        ("FRIEND_DECLINE", req::friend_decline("alice"), req::friend_decline("ghost")),
+    ] {
+        let existing_reply = mallory.call(existing);
+        let missing_reply = mallory.call(missing);
+        assert_eq!(existing_reply.error_code(), Some(code::NO_SUCH_REQUEST), "{label}: {existing_reply:?}");
+        assert_eq!(existing_reply.error_without_name("alice"), missing_reply.error_without_name("ghost"), "{label}");
+    }
+    // Mallory's lists show nothing of alice's and bob's request, nor of their groups.
+    match mallory.call(req::friend_list()) {
+        Message::FriendList(list) => {
+            assert!(list.friends.is_empty() && list.incoming.is_empty() && list.outgoing.is_empty(), "{list:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let private = alice.call(req::group_create("private")).group_id();
+    match mallory.call(req::group_list()) {
+        Message::GroupList(groups) => assert!(groups.iter().all(|g| g.group_id != private), "{groups:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Acknowledging "everything" moves only mallory's own cursors: bob still gets the request.
+    assert_eq!(mallory.call(req::ack(u64::MAX)), Message::Ok);
+    alice.assert_quiet();
+    drop(bob);
+    let (_bob, backlog) = server.login("bob");
+    assert!(
+        backlog.iter().any(|m| matches!(m, Message::FriendEvent { event: 1, username, .. } if username == "alice")),
+        "{backlog:?}"
+    );
+}

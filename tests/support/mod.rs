@@ -1000,6 +1000,22 @@ impl Client {
         let _ = self.writer.shutdown(Shutdown::Both);
     }
 
+    /// Closes the socket with bytes from the server still unread, so the kernel resets the
+    /// connection (RST) instead of closing it in order (FIN). The caller makes sure something
+    /// is unread, e.g. by sending a PING first.
+    pub fn kill_with_unread_data(self) {
+        // Give the server's answer time to arrive: it is what makes the close a reset.
+        let _ = self.reader.get_ref().set_read_timeout(Some(Duration::from_millis(200)));
+        let mut probe = [0u8; 1];
+        let _ = self.reader.get_ref().peek(&mut probe);
+        drop(self);
+    }
+
+    /// Half-closes: no more bytes from this side, reading still possible.
+    pub fn shutdown_write(&mut self) {
+        self.writer.shutdown(Shutdown::Write).expect("shutdown write");
+    }
+
     pub fn hello(&mut self) -> HelloOk {
         match self.call(req::hello(1)) {
             Message::HelloOk(hello) => hello,
