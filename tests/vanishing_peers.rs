@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::Shutdown;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -79,8 +78,7 @@ fn vanished_peers_are_cleaned_up_and_their_presence_ends() {
 fn a_peer_that_closes_while_its_backlog_is_pushed_is_cleaned_up() {
     let server = TestServer::start();
     let mut alice = server.user("alice");
-    let bob = server.user("bob");
-    let mut bob = bob;
+    let mut bob = server.user("bob");
     make_friends(&mut alice, &mut bob);
     bob.kill();
     let sends: Vec<_> = (0..5000).map(|n| req::send("bob", n, &"z".repeat(1000))).collect();

@@ -224,6 +224,7 @@ impl Net {
                         }
                         Ok(n) => {
                             conn.rbuf.extend_from_slice(&self.scratch[..n]);
+                            conn.connected = true;
                             got = true;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
