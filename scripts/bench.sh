@@ -1,0 +1,360 @@
+#!/usr/bin/env bash
+# Runs every im-bench shape against im-server, then pairs/fanout/idle against Redis pub/sub and
+# Redis streams with the append-only file, and writes BENCHMARKS.md at the top of the repository.
+#
+#   scripts/bench.sh            the full run (under 10 minutes), writes BENCHMARKS.md
+#   scripts/bench.sh --smoke    every shape for about a second with tiny sizes; checks only that
+#                               each runs and verifies delivery (for CI); writes nothing
+#
+# Servers are pinned to CPU 0 and the bench to CPU 1 (taskset), each server on a fresh temporary
+# directory. Only the processes this script starts are stopped, by PID, when it exits.
+set -euo pipefail
+
+MODE=full
+OUT=
+for arg in "$@"; do
+    case "$arg" in
+        --smoke) MODE=smoke ;;
+        --out=*) OUT="${arg#--out=}" ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${OUT:-$ROOT/BENCHMARKS.md}"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/im-bench.XXXXXX")"
+RESULTS="$WORK/results.tsv"
+COMMANDS="$WORK/commands.txt"
+: >"$RESULTS"
+: >"$COMMANDS"
+STARTED_PIDS=()
+FAILED=0
+
+cleanup() {
+    for pid in "${STARTED_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "bench.sh: $*" >&2; }
+
+# Prints a command line as the shell would read it back (empty arguments stay visible).
+quoted() { local out; printf -v out '%q ' "$@"; echo "${out% }"; }
+
+# Stops one process this script started and waits for it.
+stop() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+if [ "$(nproc)" -ge 2 ]; then
+    PIN_SERVER=(taskset -c 0)
+    PIN_BENCH=(taskset -c 1)
+else
+    log "only one CPU: running unpinned"
+    PIN_SERVER=()
+    PIN_BENCH=()
+fi
+
+# Sizes.
+NOFILE=$(ulimit -n)
+if [ "$MODE" = smoke ]; then
+    SECONDS_ARG=(--seconds 1 --warmup 0.2 --timeout 60)
+    PAIRS_SMALL=2; PAIRS_LARGE=4; WINDOW=4; BODY=64
+    FANOUT=5; IDLE=20; LOGIN_CONNS=4; DRAIN=500
+else
+    SECONDS_ARG=(--seconds 10 --warmup 1 --timeout 120)
+    PAIRS_SMALL=100; PAIRS_LARGE=1000; WINDOW=16; BODY=64
+    FANOUT=1000; LOGIN_CONNS=64; DRAIN=100000
+    IDLE=19000
+    if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt 20000 ]; then
+        IDLE=$(( NOFILE > 2000 ? NOFILE - 1000 : NOFILE / 2 ))
+        log "ulimit -n is $NOFILE: idle uses $IDLE connections"
+    fi
+fi
+IDLE_ARGS=(--seconds 5 --timeout 180)
+[ "$MODE" = smoke ] && IDLE_ARGS=(--seconds 1 --timeout 60)
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    local port=$1
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    log "nothing listens on port $port"
+    return 1
+}
+
+# run LABEL ARGS...: one im-bench run; its JSON line goes to $RESULTS under LABEL.
+run() {
+    local label=$1; shift
+    local cmd=("${PIN_BENCH[@]}" "$BENCH" "$@" --json)
+    quoted "${cmd[@]}" | sed "s#$ROOT/##g" >>"$COMMANDS"
+    log "$label: ${cmd[*]}"
+    local json rc=0
+    json=$("${cmd[@]}" 2>"$WORK/last.err") || rc=$?
+    sed 's/^/    /' "$WORK/last.err" >&2
+    if [ -z "$json" ]; then
+        json="{\"verified\":false,\"failures\":[\"im-bench exited $rc without a report\"]}"
+    fi
+    printf '%s\t%s\n' "$label" "$json" >>"$RESULTS"
+    if [ "$rc" -ne 0 ]; then
+        log "$label FAILED (exit $rc)"
+        FAILED=1
+    fi
+}
+
+log "building (release)"
+(cd "$ROOT" && cargo build --release --bins --quiet)
+SERVER="$ROOT/target/release/im-server"
+BENCH="$ROOT/target/release/im-bench"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# The busiest processes before the run: other work on these CPUs distorts every figure.
+BUSY_BEFORE=$(ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s%s %s%%", (NR>1?", ":""), $2, $1}')
+
+# ---------------------------------------------------------------- im-server
+mkdir -p "$WORK/im"
+SERVER_CMD=("${PIN_SERVER[@]}" "$SERVER" --listen 127.0.0.1:0 --db "$WORK/im/bench.db"
+    --min-kdf-iterations 1000 --max-connections 19500)
+quoted "${SERVER_CMD[@]}" | sed "s#$ROOT/##g; s#$WORK#\$TMP#g" >>"$COMMANDS"
+"${SERVER_CMD[@]}" >"$WORK/im/stdout" 2>"$WORK/im/stderr" &
+IM_PID=$!
+STARTED_PIDS+=("$IM_PID")
+ADDR=
+for _ in $(seq 100); do
+    ADDR=$(sed -n 's/^listening on //p' "$WORK/im/stdout" | head -1)
+    [ -n "$ADDR" ] && break
+    sleep 0.1
+done
+[ -n "$ADDR" ] || { log "im-server did not start:"; cat "$WORK/im/stderr" >&2; exit 1; }
+sleep 0.3
+IM_RSS_START=$(awk '/^VmRSS:/ {print $2}' "/proc/$IM_PID/status")
+IM_BINARY_BYTES=$(stat -c %s "$SERVER")
+log "im-server $IM_PID on $ADDR (RSS at start ${IM_RSS_START} KiB)"
+
+IM=(--addr "$ADDR" --server-pid "$IM_PID")
+run "im pairs-small" "${IM[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_SMALL --window $WINDOW --body $BODY
+run "im pairs-large" "${IM[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_LARGE --window $WINDOW --body $BODY
+run "im fanout" "${IM[@]}" "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
+run "im login" "${IM[@]}" "${SECONDS_ARG[@]}" login --connections $LOGIN_CONNS
+run "im drain" "${IM[@]}" "${SECONDS_ARG[@]}" drain --messages $DRAIN --window 64 --body $BODY
+run "im idle" "${IM[@]}" "${IDLE_ARGS[@]}" idle --connections $IDLE
+stop "$IM_PID"
+
+# ---------------------------------------------------------------- Redis
+REDIS_SERVER=$(command -v redis-server || true)
+if [ -z "$REDIS_SERVER" ] && [ "$MODE" = full ]; then
+    log "installing redis-server"
+    (apt-get update && apt-get install -y redis-server) >"$WORK/apt.log" 2>&1 || log "could not install redis-server"
+    REDIS_SERVER=$(command -v redis-server || true)
+fi
+REDIS_VERSION=none
+if [ -n "$REDIS_SERVER" ]; then
+    REDIS_VERSION=$("$REDIS_SERVER" --version | sed 's/^Redis server //; s/ sha=.*//')
+    for setup in redis redis-streams; do
+        dir="$WORK/$setup"
+        mkdir -p "$dir"
+        port=$(free_port)
+        if [ "$setup" = redis ]; then
+            persist=(--save '' --appendonly no)
+        else
+            persist=(--save '' --appendonly yes --appendfsync everysec)
+        fi
+        REDIS_CMD=("${PIN_SERVER[@]}" "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --protected-mode no --dir "$dir"
+            "${persist[@]}" --maxclients 19500 --daemonize no --logfile "$dir/redis.log")
+        quoted "${REDIS_CMD[@]}" | sed "s#$WORK#\$TMP#g" >>"$COMMANDS"
+        "${REDIS_CMD[@]}" &
+        rpid=$!
+        STARTED_PIDS+=("$rpid")
+        wait_port "$port"
+        R=(--addr "127.0.0.1:$port" --server-pid "$rpid" --target "$setup")
+        run "$setup pairs-small" "${R[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_SMALL --window $WINDOW --body $BODY
+        run "$setup pairs-large" "${R[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_LARGE --window $WINDOW --body $BODY
+        run "$setup fanout" "${R[@]}" "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
+        run "$setup idle" "${R[@]}" "${IDLE_ARGS[@]}" idle --connections $IDLE
+        stop "$rpid"
+    done
+else
+    log "redis-server is not installed: skipping the Redis comparison"
+fi
+
+if [ "$MODE" = smoke ]; then
+    cut -f1 "$RESULTS" | paste -sd' ' | sed 's/^/bench.sh: ran: /' >&2
+    [ "$FAILED" -eq 0 ] && log "smoke passed" || log "smoke FAILED"
+    exit "$FAILED"
+fi
+
+# ---------------------------------------------------------------- BENCHMARKS.md
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+MEM_TOTAL=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
+python3 - "$RESULTS" "$COMMANDS" "$OUT" <<PY
+import json, sys
+results_path, commands_path, out_path = sys.argv[1:4]
+rows = {}
+for line in open(results_path):
+    label, _, data = line.rstrip("\n").partition("\t")
+    try:
+        rows[label] = json.loads(data)
+    except ValueError:
+        rows[label] = {"verified": False, "failures": ["unparsable output: " + data[:200]]}
+commands = [c.rstrip("\n") for c in open(commands_path)]
+
+def get(label, key):
+    r = rows.get(label)
+    return None if r is None else r.get(key)
+
+def fmt(v, unit=""):
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if abs(v) >= 100:
+        s = f"{v:,.0f}"
+    elif abs(v) >= 10:
+        s = f"{v:.1f}"
+    else:
+        s = f"{v:.2f}"
+    return s + unit
+
+def ratio(a, b):
+    if a is None or b is None or b == 0 or isinstance(a, bool) or isinstance(b, bool):
+        return "—"
+    return f"{a / b:.2f}×"
+
+lines = []
+out = lines.append
+out("# Benchmarks")
+out("")
+out("Written by \`scripts/bench.sh\` (rerun it to regenerate this file). im-server and each Redis run on")
+out("CPU 0, im-bench on CPU 1; every server starts on a fresh temporary directory. Latency is from")
+out("the send (time carried in the body) to the moment the receiving socket's bytes were read.")
+out("Receivers of im-server acknowledge (ACK) the newest message of every read, as a real client")
+out("does; Redis subscribers acknowledge nothing. Ratios are im-server ÷ Redis: above 1 means")
+out("im-server is faster (for latency and memory, below 1 is better). CPU is in percent of one")
+out("core over the measured window; \"other\" is the rest of the machine (other processes, and")
+out("interrupt work charged to no process): when it is high, both sides were starved and the")
+out("absolute figures understate them; \"server CPU per delivery\" (µs of server CPU per message")
+out("delivered) holds up better under such contention than any rate.")
+out("")
+if float("${LOAD_BEFORE}".split()[0]) > 0.5:
+    out("**The machine was not idle when this run started** (load average ${LOAD_BEFORE}; busiest:")
+    out("${BUSY_BEFORE}). Treat the absolute figures as a lower bound; the same-run ratios are the")
+    out("better guide, and even they favour whichever side suffered less from the contention.")
+    out("")
+out("## Machine")
+out("")
+out("| | |")
+out("|---|---|")
+out("| CPUs (nproc) | $(nproc) |")
+out("| CPU model | ${CPU_MODEL} |")
+out("| kernel | $(uname -r) |")
+out("| memory | ${MEM_TOTAL} |")
+out("| load average before the run | ${LOAD_BEFORE} |")
+out("| busiest processes before the run (CPU % since their start) | ${BUSY_BEFORE} |")
+out("| ulimit -n | ${NOFILE} |")
+out("| Redis | ${REDIS_VERSION} |")
+out("| im-server release binary | ${IM_BINARY_BYTES} bytes |")
+out("| im-server RSS right after start | ${IM_RSS_START} KiB |")
+out("")
+out("## Results")
+out("")
+out("| shape | metric | im-server | Redis pub/sub | Redis streams + AOF | ÷ pub/sub | ÷ streams |")
+out("|---|---|---|---|---|---|---|")
+def row(shape, label, metric, key, unit="", im_only=False):
+    a = get("im " + label, key)
+    b = None if im_only else get("redis " + label, key)
+    c = None if im_only else get("redis-streams " + label, key)
+    out(f"| {shape} | {metric} | {fmt(a, unit)} | {fmt(b, unit)} | {fmt(c, unit)} | {ratio(a, b)} | {ratio(a, c)} |")
+for label, shape in (("pairs-small", "pairs ${PAIRS_SMALL} × W${WINDOW} × ${BODY} B"),
+                     ("pairs-large", "pairs ${PAIRS_LARGE} × W${WINDOW} × ${BODY} B"),
+                     ("fanout", "fanout ${FANOUT} members")):
+    row(shape, label, "deliveries/s", "deliveries_per_s")
+    row(shape, label, "latency p50", "latency_p50_us", " µs")
+    row(shape, label, "latency p99", "latency_p99_us", " µs")
+    row(shape, label, "latency p99.9", "latency_p999_us", " µs")
+    row(shape, label, "server CPU", "server_cpu_pct", " %")
+    row(shape, label, "server CPU per delivery", "server_cpu_us_per_delivery", " µs")
+    row(shape, label, "bench CPU", "bench_cpu_pct", " %")
+    row(shape, label, "other CPU (other processes, interrupts)", "other_cpu_pct", " %")
+    row(shape, label, "verified", "verified")
+row("idle ${IDLE} connections", "idle", "KiB per connection", "kib_per_connection")
+row("idle ${IDLE} connections", "idle", "server RSS with all open", "rss_after_kib", " KiB")
+row("idle ${IDLE} connections", "idle", "connections set up /s", "connections_per_s")
+row("idle ${IDLE} connections", "idle", "verified", "verified")
+row("login, ${LOGIN_CONNS} connections", "login", "SCRAM logins/s", "logins_per_s", im_only=True)
+row("login, ${LOGIN_CONNS} connections", "login", "login p99", "login_p99_us", " µs", im_only=True)
+row("login, ${LOGIN_CONNS} connections", "login", "server CPU", "server_cpu_pct", " %", im_only=True)
+row("login, ${LOGIN_CONNS} connections", "login", "server CPU per login", "server_cpu_us_per_login", " µs", im_only=True)
+row("drain ${DRAIN}", "drain", "delivered/s after login", "drain_msgs_per_s", im_only=True)
+row("drain ${DRAIN}", "drain", "queued (stored) msgs/s", "fill_msgs_per_s", im_only=True)
+row("drain ${DRAIN}", "drain", "server CPU while draining", "server_cpu_pct", " %", im_only=True)
+row("drain ${DRAIN}", "drain", "server CPU per message", "server_cpu_us_per_message", " µs", im_only=True)
+row("drain ${DRAIN}", "drain", "verified", "verified", im_only=True)
+out("")
+out("## Targets of issue 4")
+out("")
+out("| target | measured | met |")
+out("|---|---|---|")
+def target(name, measured, ok):
+    out(f"| {name} | {measured} | {'—' if ok is None else ('yes' if ok else '**no**')} |")
+def cmp(a, b, better_high=True):
+    if a is None or b is None:
+        return None
+    return a >= b if better_high else a <= b
+a, b = get("im pairs-large", "deliveries_per_s"), get("redis-streams pairs-large", "deliveries_per_s")
+target("pairs ${PAIRS_LARGE}: deliveries/s ≥ 1.0 × Redis streams", f"{fmt(a)} vs {fmt(b)} ({ratio(a, b)}); {ratio(a, get('redis pairs-large', 'deliveries_per_s'))} of pub/sub", cmp(a, b))
+a, b = get("im pairs-large", "latency_p99_us"), get("redis-streams pairs-large", "latency_p99_us")
+target("pairs ${PAIRS_LARGE}: p99 ≤ Redis streams", f"{fmt(a, ' µs')} vs {fmt(b, ' µs')}", cmp(a, b, False))
+a, b = get("im fanout", "deliveries_per_s"), get("redis fanout", "deliveries_per_s")
+target("fanout ${FANOUT}: deliveries/s ≥ 1.0 × Redis pub/sub", f"{fmt(a)} vs {fmt(b)} ({ratio(a, b)})", cmp(a, b))
+a = get("im idle", "kib_per_connection")
+target("idle ${IDLE}: ≤ 0.7 KiB RSS per connection", fmt(a, " KiB"), cmp(a, 0.7, False))
+a = get("im login", "logins_per_s")
+target("login: ≥ 20,000 logins/s", fmt(a), cmp(a, 20000))
+a = get("im drain", "drain_msgs_per_s")
+target("drain ${DRAIN}: ≥ 300,000 msgs/s", fmt(a), cmp(a, 300000))
+target("release binary ≤ 4 MiB", f"{${IM_BINARY_BYTES} / 1048576:.2f} MiB", ${IM_BINARY_BYTES} <= 4 * 1048576)
+target("RSS of an idle server after start ≤ 4 MiB", f"{${IM_RSS_START} / 1024:.2f} MiB", ${IM_RSS_START} <= 4096)
+notes = []
+for label, r in rows.items():
+    for f in r.get("failures", []):
+        notes.append(f"- {label}: FAILED: {f}")
+    for w in r.get("warnings", []):
+        notes.append(f"- {label}: warning: {w}")
+if notes:
+    out("")
+    out("## Failures and warnings")
+    out("")
+    lines.extend(notes)
+out("")
+out("## Commands")
+out("")
+out("\`\`\`")
+out("scripts/bench.sh")
+lines.extend(commands)
+out("\`\`\`")
+out("")
+out("## Raw results (one JSON line per run)")
+out("")
+out("\`\`\`")
+for label, r in rows.items():
+    out(f"{label}\t{json.dumps(r, ensure_ascii=False)}")
+out("\`\`\`")
+open(out_path, "w").write("\n".join(lines) + "\n")
+PY
+log "wrote $OUT"
+exit "$FAILED"
