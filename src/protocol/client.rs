@@ -189,6 +189,8 @@ pub enum ServerFrame<'a> {
         idle_timeout_secs: u32,
     },
     Pong,
+    /// An error that clears by itself; the request may be repeated after `retry_after_ms`.
+    RetryLater { code: ErrorCode, retry_after_ms: u32, message: &'a str },
     Error {
         code: ErrorCode,
         message: &'a str,
@@ -275,38 +277,6 @@ fn in_range(v: u8, low: u8, high: u8) -> Result<u8, DecodeError> {
     if (low..=high).contains(&v) { Ok(v) } else { Err(DecodeError::BadValue) }
 }
 
-/// The error code with this number, if the table of PROTOCOL.md §4 has one.
-pub fn error_code_from_u16(code: u16) -> Option<ErrorCode> {
-    use ErrorCode::*;
-    const ALL: [ErrorCode; 25] = [
-        MalformedFrame,
-        UnknownOpcode,
-        FrameTooLarge,
-        UnsupportedVersion,
-        HelloRequired,
-        NotAuthenticated,
-        InvalidState,
-        ServerFull,
-        IdleTimeout,
-        InvalidUsername,
-        UsernameTaken,
-        WeakCredentials,
-        AuthFailed,
-        TooManyAttempts,
-        UserNotFound,
-        AlreadyFriends,
-        RequestPending,
-        NoSuchRequest,
-        NotFriends,
-        InvalidBody,
-        Forbidden,
-        AlreadyMember,
-        InvalidArgument,
-        StoreUnavailable,
-        ShuttingDown,
-    ];
-    ALL.iter().copied().find(|c| c.code() == code)
-}
 
 impl<'a> ServerFrame<'a> {
     /// Decodes the body of a server frame with the given opcode and request id.
@@ -326,8 +296,13 @@ impl<'a> ServerFrame<'a> {
                 idle_timeout_secs: r.u32()?,
             },
             op::PONG => ServerFrame::Pong,
+            op::RETRY_LATER => ServerFrame::RetryLater {
+                code: ErrorCode::from_u16(r.u16()?).ok_or(DecodeError::BadValue)?,
+                retry_after_ms: r.u32()?,
+                message: r.str()?,
+            },
             op::ERROR => ServerFrame::Error {
-                code: error_code_from_u16(r.u16()?).ok_or(DecodeError::BadValue)?,
+                code: ErrorCode::from_u16(r.u16()?).ok_or(DecodeError::BadValue)?,
                 message: r.str()?,
             },
             op::LOGIN_CHALLENGE => {

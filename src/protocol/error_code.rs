@@ -37,7 +37,63 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in wire order.
+    pub const ALL: [ErrorCode; 30] = {
+        use ErrorCode::*;
+        [
+            MalformedFrame,
+            UnknownOpcode,
+            FrameTooLarge,
+            UnsupportedVersion,
+            HelloRequired,
+            NotAuthenticated,
+            InvalidState,
+            ServerFull,
+            IdleTimeout,
+            InvalidUsername,
+            UsernameTaken,
+            WeakCredentials,
+            AuthFailed,
+            TooManyAttempts,
+            UserNotFound,
+            AlreadyFriends,
+            RequestPending,
+            NoSuchRequest,
+            NotFriends,
+            InvalidBody,
+            Forbidden,
+            AlreadyMember,
+            InvalidArgument,
+            StoreUnavailable,
+            ShuttingDown,
+            SlowReader,
+            RateLimited,
+            RecipientQueueFull,
+            TooManySessions,
+            LoginTimeout,
+        ]
+    };
+
     pub fn code(self) -> u16 {
         self as u16
+    }
+
+    /// The code with this number, if the table has one.
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        Self::ALL.iter().copied().find(|c| c.code() == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn the_table_is_complete_and_in_order() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.code() as usize, i + 1);
+        }
+        assert_eq!(ErrorCode::from_u16(0), None);
+        assert_eq!(ErrorCode::from_u16(31), None);
     }
 }
