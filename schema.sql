@@ -11,7 +11,6 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 
 -- Accounts. Only the SCRAM verifier is kept: salt, iterations, StoredKey, ServerKey.
--- delivered_up_to is the user's delivery cursor for direct messages and friend events.
 CREATE TABLE users (
     id              INTEGER PRIMARY KEY,
     name            TEXT    NOT NULL,
@@ -20,8 +19,15 @@ CREATE TABLE users (
     iterations      INTEGER NOT NULL,
     stored_key      BLOB    NOT NULL,
     server_key      BLOB    NOT NULL,
-    created_at      INTEGER NOT NULL,
-    delivered_up_to INTEGER NOT NULL DEFAULT 0
+    created_at      INTEGER NOT NULL
+);
+
+-- Each user's delivery cursor: everything addressed to them at or below it has been
+-- acknowledged. In a narrow table of its own because every ACK updates it: a commit then
+-- rewrites a few pages of small rows rather than the pages of the wide users table.
+CREATE TABLE cursors (
+    user_id         INTEGER PRIMARY KEY REFERENCES users(id),
+    delivered_up_to INTEGER NOT NULL
 );
 
 -- One row per direction for each pair of users who are or were friends. A former friendship
@@ -52,12 +58,14 @@ CREATE TABLE groups (
     created_at INTEGER NOT NULL
 );
 
--- delivered_up_to is the member's delivery cursor in this group, moved by ACK.
+-- joined_after is the newest message id when the member joined: older group messages are not
+-- delivered to them. A member's cursor in the group is the larger of it and their
+-- cursors.delivered_up_to, so an ACK updates one row however many groups the user is in.
 CREATE TABLE group_members (
     group_id        INTEGER NOT NULL REFERENCES groups(id),
     user_id         INTEGER NOT NULL REFERENCES users(id),
     joined_at       INTEGER NOT NULL,
-    delivered_up_to INTEGER NOT NULL,
+    joined_after    INTEGER NOT NULL,
     PRIMARY KEY (group_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX group_members_by_user ON group_members (user_id, group_id);

@@ -14,12 +14,12 @@ use crate::protocol::frame::{self, FrameCheck, FrameHeader};
 use crate::protocol::{ErrorCode, response};
 use crate::store::Store;
 use crate::world::World;
+use foldhash::{HashSet, HashSetExt};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -82,7 +82,9 @@ impl Server {
             poll,
             listener: Some(listener),
             signals,
-            conns: Slab::new(),
+            // Reserved up front (address space only until used) so that growing never doubles
+            // the table and copies it: an idle connection costs its own entry and no slack.
+            conns: Slab::with_capacity(config.max_connections.min(1 << 16)),
             store,
             world,
             outbox: Outbox::default(),

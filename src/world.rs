@@ -7,7 +7,11 @@
 
 use crate::limits::{RegistrationThrottle, TokenBucket};
 use crate::store::{GroupId, MessageId, Store, StoreResult, UserId};
-use std::collections::{HashMap, HashSet, VecDeque};
+// foldhash: several times faster than SipHash on these integer keys, and seeded per process,
+// so keys chosen by clients (client_msg_id) cannot be aimed at collisions.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// A connection's slab key and mio token.
@@ -17,13 +21,14 @@ pub type Token = usize;
 #[derive(Debug, Clone)]
 pub struct Friend {
     pub id: UserId,
-    pub name: String,
+    /// Shared, so that handing a name to a frame encoder costs no allocation.
+    pub name: Rc<str>,
 }
 
 /// A logged-in user and what the hot path needs to know about them.
 #[derive(Debug)]
 pub struct OnlineUser {
-    pub name: String,
+    pub name: Rc<str>,
     pub sessions: Vec<Token>,
     /// Current friends by lowercase name.
     pub friends: HashMap<String, Friend>,
@@ -34,7 +39,12 @@ pub struct OnlineUser {
 
 impl OnlineUser {
     pub fn friend_by_name(&self, name: &str) -> Option<&Friend> {
-        self.friends.get(&name.to_ascii_lowercase())
+        // Usernames are at most 32 ASCII bytes: lowercase on the stack, no allocation.
+        let mut key = [0u8; 32];
+        let key = key.get_mut(..name.len())?;
+        key.copy_from_slice(name.as_bytes());
+        key.make_ascii_lowercase();
+        self.friends.get(std::str::from_utf8(key).ok()?)
     }
 
     pub fn is_friend(&self, id: UserId) -> bool {
@@ -156,7 +166,7 @@ impl World {
             .contacts(user)?
             .into_iter()
             .filter(|c| c.state == crate::store::ContactState::Friends)
-            .map(|c| Friend { id: c.peer, name: c.name })
+            .map(|c| Friend { id: c.peer, name: c.name.into() })
             .collect();
         let mut groups = Vec::new();
         for m in store.memberships(user)? {
@@ -182,7 +192,7 @@ impl World {
         }
         let snapshot = load()?;
         let mut online = OnlineUser {
-            name: name.to_string(),
+            name: name.into(),
             send_bucket: TokenBucket::full(now),
             sessions: vec![token],
             friends: HashMap::with_capacity(snapshot.friends.len()),
@@ -229,7 +239,7 @@ impl World {
     pub fn add_friendship(&mut self, a: (UserId, &str), b: (UserId, &str)) {
         for (me, other) in [(a, b), (b, a)] {
             if let Some(u) = self.users.get_mut(&me.0) {
-                u.friends.insert(other.1.to_ascii_lowercase(), Friend { id: other.0, name: other.1.to_string() });
+                u.friends.insert(other.1.to_ascii_lowercase(), Friend { id: other.0, name: other.1.into() });
             }
         }
     }
@@ -273,7 +283,7 @@ impl World {
     /// Reloads friends and groups of every online user from the store, after a transaction
     /// whose in-memory effects were applied was rolled back.
     pub fn resync(&mut self, store: &Store) -> StoreResult<()> {
-        let users: Vec<(UserId, String, Vec<Token>)> =
+        let users: Vec<(UserId, Rc<str>, Vec<Token>)> =
             self.users.iter().map(|(id, u)| (*id, u.name.clone(), u.sessions.clone())).collect();
         self.users.clear();
         self.groups.clear();

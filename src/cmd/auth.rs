@@ -169,7 +169,7 @@ fn backlog_of(ctx: &Ctx, user: UserId, name: &str) -> Result<Backlog, crate::sto
     for m in ctx.store.memberships(user)? {
         specs.push(SourceSpec {
             channel: Channel::group(m.group),
-            after: m.delivered_up_to,
+            after: m.joined_after.max(direct_after),
             group_id: Some(m.group as u64),
         });
     }

@@ -1,7 +1,7 @@
 //! SEND, ACK and READ: direct messages, acknowledgement of delivery, read receipts.
 
 use super::{Ctx, Origin, Outcome, check_body, name_of, refuse, take_send_token};
-use crate::outbox::FrameKind;
+use crate::outbox::{FrameKind, Outbox};
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery};
 use crate::store::{Channel, MessageId, MessageKind, NewMessage, UserId};
@@ -20,29 +20,21 @@ pub(super) fn answer_retry(ctx: &mut Ctx, o: &Origin, id: MessageId, sent_at: i6
 }
 
 /// Stages one `DELIVER` frame for the recipients' connections (as items, held back during a
-/// backlog) and the sender's other connections (as plain pushes: their own messages are not
-/// part of any backlog). A frame for more than one connection is encoded once and shared.
-pub(super) fn fan_out(ctx: &mut Ctx, delivery: &Delivery, items: &[Token], pushes: &[Token]) {
-    match items.len() + pushes.len() {
-        0 => {}
-        1 => {
-            let (to, kind) =
-                if let Some(&t) = items.first() { (t, FrameKind::Item) } else { (pushes[0], FrameKind::Push) };
-            ctx.outbox.stage(to, kind, |b| response::deliver(b, delivery));
-        }
+/// backlog) and the sender's connections but `origin` (as plain pushes: their own messages are
+/// not part of any backlog). A frame for more than one connection is encoded once and shared.
+pub(super) fn fan_out(outbox: &mut Outbox, delivery: &Delivery, items: &[Token], senders: &[Token], origin: Token) {
+    let pushes = senders.iter().copied().filter(|&t| t != origin);
+    match (items, senders.len()) {
+        ([], 0 | 1) => {}
+        (&[only], 0 | 1) => outbox.stage(only, FrameKind::Item, |b| response::deliver(b, delivery)),
         _ => {
             let mut buf = Vec::new();
             response::deliver(&mut buf, delivery);
             let frame: Rc<[u8]> = buf.into();
-            ctx.outbox.stage_shared(items.iter().copied(), FrameKind::Item, &frame);
-            ctx.outbox.stage_shared(pushes.iter().copied(), FrameKind::Push, &frame);
+            outbox.stage_shared(items.iter().copied(), FrameKind::Item, &frame);
+            outbox.stage_shared(pushes, FrameKind::Push, &frame);
         }
     }
-}
-
-/// The sender's connections other than the one that sent.
-pub(super) fn other_sessions(ctx: &Ctx, me: UserId, except: Token) -> Vec<Token> {
-    ctx.world.sessions(me).iter().copied().filter(|&t| t != except).collect()
 }
 
 pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, to: &str, client_msg_id: u64, body: &str) -> Outcome {
@@ -79,9 +71,7 @@ pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, to: &str, client_msg_id: 
         conversation: Conversation::Direct { to: &friend.name },
         body: body.as_bytes(),
     };
-    let items = ctx.world.sessions(friend.id).to_vec();
-    let pushes = other_sessions(ctx, me, o.token);
-    fan_out(ctx, &delivery, &items, &pushes);
+    fan_out(ctx.outbox, &delivery, ctx.world.sessions(friend.id), ctx.world.sessions(me), o.token);
     Ok(())
 }
 

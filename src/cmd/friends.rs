@@ -83,7 +83,7 @@ pub fn list(ctx: &mut Ctx, o: &mut Origin, me: UserId) -> Outcome {
     let mut friends: Vec<(String, bool)> = ctx
         .world
         .user(me)
-        .map(|u| u.friends.values().map(|f| (f.name.clone(), ctx.world.is_online(f.id))).collect())
+        .map(|u| u.friends.values().map(|f| (f.name.to_string(), ctx.world.is_online(f.id))).collect())
         .unwrap_or_default();
     friends.sort_by_key(|(name, _)| name.to_ascii_lowercase());
     let incoming = ctx.store.incoming_requests(me)?;

@@ -1,6 +1,6 @@
 //! GROUP_CREATE, GROUP_INVITE, GROUP_LEAVE, GROUP_MEMBERS, GROUP_LIST, GROUP_SEND.
 
-use super::chat::{answer_retry, fan_out, other_sessions};
+use super::chat::{answer_retry, fan_out};
 use super::{Ctx, Origin, Outcome, check_body, name_of, refuse, take_send_token};
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
@@ -137,7 +137,6 @@ pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, client_msg
         .filter(|&u| u != me)
         .flat_map(|u| ctx.world.sessions(u).iter().copied())
         .collect();
-    let pushes = other_sessions(ctx, me, o.token);
-    fan_out(ctx, &delivery, &items, &pushes);
+    fan_out(ctx.outbox, &delivery, &items, ctx.world.sessions(me), o.token);
     Ok(())
 }

@@ -142,8 +142,8 @@ fn authenticated(ctx: &mut Ctx, o: &mut Origin, user: UserId, request: Request) 
 }
 
 /// The display name of an online user (every authenticated connection's user is online).
-fn name_of(ctx: &Ctx, user: UserId) -> String {
-    ctx.world.user(user).map(|u| u.name.clone()).unwrap_or_default()
+fn name_of(ctx: &Ctx, user: UserId) -> std::rc::Rc<str> {
+    ctx.world.user(user).map(|u| u.name.clone()).unwrap_or_else(|| "".into())
 }
 
 /// Takes a token from the user's send bucket (`--send-rate`, `--send-burst`).

@@ -190,7 +190,11 @@ pub enum ServerFrame<'a> {
     },
     Pong,
     /// An error that clears by itself; the request may be repeated after `retry_after_ms`.
-    RetryLater { code: ErrorCode, retry_after_ms: u32, message: &'a str },
+    RetryLater {
+        code: ErrorCode,
+        retry_after_ms: u32,
+        message: &'a str,
+    },
     Error {
         code: ErrorCode,
         message: &'a str,
@@ -276,7 +280,6 @@ fn flag(r: &mut Reader) -> Result<bool, DecodeError> {
 fn in_range(v: u8, low: u8, high: u8) -> Result<u8, DecodeError> {
     if (low..=high).contains(&v) { Ok(v) } else { Err(DecodeError::BadValue) }
 }
-
 
 impl<'a> ServerFrame<'a> {
     /// Decodes the body of a server frame with the given opcode and request id.

@@ -12,11 +12,11 @@ pub struct GroupInfo {
     pub members: Vec<(UserId, String)>,
 }
 
-/// A user's membership and its delivery cursor.
+/// A user's membership: the group, and the newest message id when they joined.
 #[derive(Debug, Clone, Copy)]
 pub struct Membership {
     pub group: GroupId,
-    pub delivered_up_to: MessageId,
+    pub joined_after: MessageId,
 }
 
 /// One line of `GROUP_LIST`.
@@ -37,19 +37,19 @@ impl Store {
                 .execute(params![name, owner, now_ms])?;
             let id = db.last_insert_rowid();
             db.prepare_cached(
-                "INSERT INTO group_members (group_id, user_id, joined_at, delivered_up_to) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO group_members (group_id, user_id, joined_at, joined_after) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![id, owner, now_ms, cursor])?;
             Ok(id)
         })
     }
 
-    /// Adds a member whose cursor starts at the newest message.
+    /// Adds a member who receives messages newer than the newest one now.
     pub fn add_member(&mut self, group: GroupId, user: UserId, now_ms: i64) -> StoreResult<()> {
         let cursor = self.last_message_id();
         self.write(|db| {
             db.prepare_cached(
-                "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_at, delivered_up_to) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_at, joined_after) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![group, user, now_ms, cursor])?;
             Ok(())
@@ -77,11 +77,10 @@ impl Store {
         Ok(Some(GroupInfo { id: group, name, owner, members }))
     }
 
-    /// The groups a user is a member of, with their cursors.
+    /// The groups a user is a member of.
     pub fn memberships(&self, user: UserId) -> StoreResult<Vec<Membership>> {
-        let mut stmt =
-            self.db.prepare_cached("SELECT group_id, delivered_up_to FROM group_members WHERE user_id = ?1")?;
-        let rows = stmt.query_map([user], |r| Ok(Membership { group: r.get(0)?, delivered_up_to: r.get(1)? }))?;
+        let mut stmt = self.db.prepare_cached("SELECT group_id, joined_after FROM group_members WHERE user_id = ?1")?;
+        let rows = stmt.query_map([user], |r| Ok(Membership { group: r.get(0)?, joined_after: r.get(1)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

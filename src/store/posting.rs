@@ -8,8 +8,8 @@
 //! above the `indexed_up_to` watermark, so a crash loses nothing.
 
 use super::{Channel, MessageId};
+use foldhash::HashMap;
 use rusqlite::{Connection, params};
-use std::collections::HashMap;
 
 /// Ids held in memory before they are written as blocks.
 pub const FLUSH_AT: usize = 65_536;

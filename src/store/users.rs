@@ -1,6 +1,6 @@
 //! Accounts: the SCRAM verifier and the delivery cursor.
 
-use super::{GroupId, LOBBY_GROUP_ID, MessageId, Store, StoreResult, UserId};
+use super::{LOBBY_GROUP_ID, MessageId, Store, StoreResult, UserId};
 use rusqlite::{OptionalExtension, params};
 
 /// A registered user as login needs it.
@@ -66,26 +66,28 @@ impl Store {
     pub fn create_user(&mut self, user: &NewUser) -> StoreResult<Option<UserId>> {
         let cursor = self.last_message_id();
         self.write(|db| {
-            let inserted = db.prepare_cached(
-                "INSERT INTO users (name, name_key, salt, iterations, stored_key, server_key, created_at, delivered_up_to)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (name_key) DO NOTHING",
-            )?
-            .execute(params![
-                user.name,
-                user.name_key,
-                user.salt,
-                user.iterations,
-                user.stored_key,
-                user.server_key,
-                user.now_ms,
-                cursor
-            ])?;
+            let inserted = db
+                .prepare_cached(
+                    "INSERT INTO users (name, name_key, salt, iterations, stored_key, server_key, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name_key) DO NOTHING",
+                )?
+                .execute(params![
+                    user.name,
+                    user.name_key,
+                    user.salt,
+                    user.iterations,
+                    user.stored_key,
+                    user.server_key,
+                    user.now_ms
+                ])?;
             if inserted == 0 {
                 return Ok(None);
             }
             let id = db.last_insert_rowid();
+            db.prepare_cached("INSERT INTO cursors (user_id, delivered_up_to) VALUES (?1, ?2)")?
+                .execute([id, cursor])?;
             db.prepare_cached(
-                "INSERT INTO group_members (group_id, user_id, joined_at, delivered_up_to) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO group_members (group_id, user_id, joined_at, joined_after) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![LOBBY_GROUP_ID, id, user.now_ms, cursor])?;
             Ok(Some(id))
@@ -94,30 +96,16 @@ impl Store {
 
     /// The user's delivery cursor for direct messages and friend events.
     pub fn delivered_up_to(&self, user: UserId) -> StoreResult<MessageId> {
-        let mut stmt = self.db.prepare_cached("SELECT delivered_up_to FROM users WHERE id = ?1")?;
+        let mut stmt = self.db.prepare_cached("SELECT delivered_up_to FROM cursors WHERE user_id = ?1")?;
         Ok(stmt.query_row([user], |r| r.get(0))?)
     }
 
-    /// Moves every delivery cursor of the user (direct and each group) forward to `up_to`.
+    /// Moves the user's delivery cursor forward to `up_to` (never back): direct messages,
+    /// friend events and every group at once (see `group_members.joined_after`).
     pub fn acknowledge(&mut self, user: UserId, up_to: MessageId) -> StoreResult<()> {
         self.write(|db| {
-            db.prepare_cached("UPDATE users SET delivered_up_to = ?2 WHERE id = ?1 AND delivered_up_to < ?2")?
+            db.prepare_cached("UPDATE cursors SET delivered_up_to = ?2 WHERE user_id = ?1 AND delivered_up_to < ?2")?
                 .execute(params![user, up_to])?;
-            db.prepare_cached(
-                "UPDATE group_members SET delivered_up_to = ?2 WHERE user_id = ?1 AND delivered_up_to < ?2",
-            )?
-            .execute(params![user, up_to])?;
-            Ok(())
-        })
-    }
-
-    /// Moves one group cursor of the user forward (used when the user joins a group).
-    pub fn set_group_cursor(&mut self, group: GroupId, user: UserId, up_to: MessageId) -> StoreResult<()> {
-        self.write(|db| {
-            db.prepare_cached(
-                "UPDATE group_members SET delivered_up_to = ?3 WHERE group_id = ?1 AND user_id = ?2 AND delivered_up_to < ?3",
-            )?
-            .execute(params![group, user, up_to])?;
             Ok(())
         })
     }
