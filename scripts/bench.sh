@@ -129,7 +129,8 @@ BUSY_BEFORE=$(ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s%s %s%
 # ---------------------------------------------------------------- im-server
 mkdir -p "$WORK/im"
 SERVER_CMD=("${PIN_SERVER[@]}" "$SERVER" --listen 127.0.0.1:0 --db "$WORK/im/bench.db"
-    --min-kdf-iterations 1000 --max-connections 19500)
+    --min-kdf-iterations 1000 --max-connections 19500
+    --trust-loopback --send-rate 0 --max-offline 0 --max-sessions 0)
 quoted "${SERVER_CMD[@]}" | sed "s#$ROOT/##g; s#$WORK#\$TMP#g" >>"$COMMANDS"
 "${SERVER_CMD[@]}" >"$WORK/im/stdout" 2>"$WORK/im/stderr" &
 IM_PID=$!

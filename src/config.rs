@@ -55,7 +55,7 @@ pub struct Config {
 
     /// Connections one user may have logged in at once; the next login gets TOO_MANY_SESSIONS.
     /// 0 means unlimited.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 8)]
     pub max_sessions: usize,
 
     /// Soft limit of a connection's write queue, in bytes: a connection above it stops being
@@ -73,7 +73,7 @@ pub struct Config {
 
     /// Messages per second one user may send (SEND and GROUP_SEND, all devices together);
     /// 0 means unlimited.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 50)]
     pub send_rate: u32,
 
     /// Messages one user may send in a burst above --send-rate.
@@ -81,7 +81,7 @@ pub struct Config {
     pub send_burst: u32,
 
     /// Registrations allowed per source address per --register-window; 0 means unlimited.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 5)]
     pub register_limit: u32,
 
     /// The window of --register-limit, in seconds.
@@ -94,7 +94,7 @@ pub struct Config {
 
     /// Undelivered direct messages held for one recipient; past it the sender gets
     /// RECIPIENT_QUEUE_FULL and nothing is stored. 0 means unlimited.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 10_000)]
     pub max_offline: u32,
 }
 

@@ -131,8 +131,10 @@ fn a_reader_past_the_hard_limit_is_closed_and_loses_nothing() {
     let server = TestServer::start_with(&[
         "--write-queue-soft-limit",
         "16384",
+        // Above all 4,000 of alice's SENT answers (100 KB), so only bob can pass it however
+        // slowly alice's test thread reads.
         "--write-queue-hard-limit",
-        "65536",
+        "262144",
         "--write-queue-soft-seconds",
         "600",
     ]);

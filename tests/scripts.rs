@@ -26,6 +26,19 @@ fn python_end_to_end() {
     run_script("test_server.py");
 }
 
+/// Two imchat clients in tmux, chatting, one going offline and coming back (needs tmux).
+#[test]
+fn terminal_chat_in_tmux() {
+    run_script("test_imchat.py");
+}
+
+/// Senders under load while the server is killed with SIGKILL 20+ times: nothing acknowledged
+/// is lost or duplicated, and the database stays intact.
+#[test]
+fn crash_safety_under_sigkill() {
+    run_script("crash_test.py");
+}
+
 #[test]
 fn python_client_self_test() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -683,8 +683,16 @@ impl TestServer {
             .expect("server log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_im-server"));
         command.arg("--listen").arg("127.0.0.1:0").arg("--db").arg(&db);
-        if !args.contains(&"--min-kdf-iterations") {
-            command.args(["--min-kdf-iterations", "1000"]);
+        // Test defaults, each unless the test sets the flag itself: cheap key derivation, and
+        // no registration, send-rate or offline-queue limits for tests that register many users
+        // from loopback and send in bursts (tests/limits.rs sets them).
+        for (flag, value) in [("--min-kdf-iterations", "1000"), ("--send-rate", "0"), ("--max-offline", "0")] {
+            if !args.contains(&flag) {
+                command.args([flag, value]);
+            }
+        }
+        if !args.contains(&"--register-limit") {
+            command.arg("--trust-loopback");
         }
         command.args(args);
         let mut child = command
