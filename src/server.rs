@@ -341,6 +341,16 @@ impl Server {
     }
 
     fn fill_backlogs(&mut self) {
+        if self.syncing.is_empty() {
+            return;
+        }
+        self.store.begin_batch();
+        self.fill_backlog_pages();
+        // Nothing was written: this ends the read transaction.
+        self.store.finish_iteration();
+    }
+
+    fn fill_backlog_pages(&mut self) {
         let Server { conns, store, syncing, dirty, closing, .. } = self;
         syncing.retain(|&token| {
             let Some(conn) = conns.get_mut(token) else { return false };

@@ -61,6 +61,7 @@ pub fn refuse(code: ErrorCode, message: &'static str) -> Outcome {
 /// Handles one complete frame from a connection.
 pub fn dispatch(ctx: &mut Ctx, token: Token, conn: &mut Conn, frame: FrameHeader) {
     ctx.outbox.begin_command();
+    ctx.store.begin_batch();
     let writes_before = ctx.store.write_count();
     let request_id = frame.request_id;
     let mut origin = Origin { token, request_id, conn };

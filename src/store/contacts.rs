@@ -25,7 +25,7 @@ impl Store {
     /// Everyone the user is or was friends with.
     pub fn contacts(&self, user: UserId) -> StoreResult<Vec<Contact>> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT c.peer_id, u.name, c.state FROM contacts c JOIN users u ON u.id = c.peer_id WHERE c.user_id = ?1",
+            "SELECT peer_id, (SELECT name FROM users WHERE id = peer_id), state FROM contacts WHERE user_id = ?1",
         )?;
         let rows =
             stmt.query_map([user], |r| Ok(Contact { peer: r.get(0)?, name: r.get(1)?, state: state_of(r.get(2)?) }))?;
@@ -88,7 +88,7 @@ impl Store {
     /// Names of users with a pending request to `user`, sorted.
     pub fn incoming_requests(&self, user: UserId) -> StoreResult<Vec<String>> {
         self.names_by(
-            "SELECT u.name FROM friend_requests f JOIN users u ON u.id = f.from_id WHERE f.to_id = ?1 ORDER BY u.name_key",
+            "SELECT (SELECT name FROM users WHERE id = from_id) AS n FROM friend_requests WHERE to_id = ?1 ORDER BY lower(n)",
             user,
         )
     }
@@ -96,7 +96,7 @@ impl Store {
     /// Names of users `user` has a pending request to, sorted.
     pub fn outgoing_requests(&self, user: UserId) -> StoreResult<Vec<String>> {
         self.names_by(
-            "SELECT u.name FROM friend_requests f JOIN users u ON u.id = f.to_id WHERE f.from_id = ?1 ORDER BY u.name_key",
+            "SELECT (SELECT name FROM users WHERE id = to_id) AS n FROM friend_requests WHERE from_id = ?1 ORDER BY lower(n)",
             user,
         )
     }

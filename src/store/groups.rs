@@ -71,7 +71,7 @@ impl Store {
             return Ok(None);
         };
         let mut stmt = self.db.prepare_cached(
-            "SELECT m.user_id, u.name FROM group_members m JOIN users u ON u.id = m.user_id WHERE m.group_id = ?1",
+            "SELECT user_id, (SELECT name FROM users WHERE id = user_id) FROM group_members WHERE group_id = ?1",
         )?;
         let members = stmt.query_map([group], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         Ok(Some(GroupInfo { id: group, name, owner, members }))
@@ -87,10 +87,9 @@ impl Store {
     /// The user's groups for `GROUP_LIST`, by id.
     pub fn group_summaries(&self, user: UserId) -> StoreResult<Vec<GroupSummary>> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT g.id, g.name, COALESCE(o.name, ''),
+            "SELECT g.id, g.name, COALESCE((SELECT name FROM users WHERE id = g.owner_id), ''),
                     (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id)
-             FROM group_members m JOIN groups g ON g.id = m.group_id LEFT JOIN users o ON o.id = g.owner_id
-             WHERE m.user_id = ?1 ORDER BY g.id",
+             FROM groups g WHERE g.id IN (SELECT group_id FROM group_members WHERE user_id = ?1) ORDER BY g.id",
         )?;
         let rows = stmt.query_map([user], |r| {
             Ok(GroupSummary { id: r.get(0)?, name: r.get(1)?, owner: r.get(2)?, members: r.get(3)? })

@@ -163,16 +163,16 @@ impl Store {
         let mut rows = Vec::with_capacity(ids.len());
         if (last - first) as usize <= 4 * ids.len() {
             let mut stmt = self.db.prepare_cached(
-                "SELECT m.id, m.sender, u.name, m.kind, m.sent_at, m.body FROM messages m JOIN users u ON u.id = m.sender
-                 WHERE m.id BETWEEN ?1 AND ?2 AND m.channel = ?3 ORDER BY m.id",
+                "SELECT id, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body FROM messages
+                 WHERE id BETWEEN ?1 AND ?2 AND channel = ?3 ORDER BY id",
             )?;
             for row in stmt.query_map(params![first, last, channel.0], map)? {
                 rows.push(row?);
             }
         } else {
             let mut stmt = self.db.prepare_cached(
-                "SELECT m.id, m.sender, u.name, m.kind, m.sent_at, m.body FROM messages m JOIN users u ON u.id = m.sender
-                 WHERE m.id = ?1",
+                "SELECT id, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body FROM messages
+                 WHERE id = ?1",
             )?;
             for &id in ids {
                 rows.extend(stmt.query_row([id], map).optional()?);
