@@ -44,8 +44,8 @@ pub struct Config {
     #[arg(long, default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..=65_535))]
     pub max_body: u32,
 
-    /// Number of recent messages (server-wide) whose client_msg_id is remembered, so that a
-    /// retried SEND is answered with the original SENT instead of being stored twice.
+    /// Recent messages whose client_msg_id is remembered (each sender's newest 256, this many
+    /// in all), so that a retried SEND is answered with the original SENT, not stored twice.
     #[arg(long, default_value_t = 100_000)]
     pub dedup_window: usize,
 

@@ -62,6 +62,8 @@ impl Chunk {
 /// Bytes above which an owned chunk is not extended further, so a write queue is never one
 /// huge reallocation.
 const OWNED_CHUNK_LIMIT: usize = 64 * 1024;
+/// Chunks a write queue makes room for when it starts filling.
+const QUEUE_CHUNKS_RESERVED: usize = 16;
 /// Slices handed to one `writev`.
 const MAX_IOVECS: usize = 64;
 
@@ -153,13 +155,22 @@ impl Conn {
         }
         let mut v = Vec::with_capacity(bytes.len().max(512));
         v.extend_from_slice(bytes);
-        self.out.push_back(Chunk::Owned(v));
+        self.push_chunk(Chunk::Owned(v));
     }
 
     /// Appends a frame shared with other connections, without copying it.
     pub fn enqueue_shared(&mut self, frame: &Rc<[u8]>) {
         self.out_len += frame.len();
-        self.out.push_back(Chunk::Shared(Rc::clone(frame)));
+        self.push_chunk(Chunk::Shared(Rc::clone(frame)));
+    }
+
+    fn push_chunk(&mut self, chunk: Chunk) {
+        if self.out.capacity() == 0 {
+            // One allocation for a typical batch instead of growing 1, 2, 4, 8: a group message
+            // reaches each member as one more shared chunk per loop iteration.
+            self.out.reserve(QUEUE_CHUNKS_RESERVED);
+        }
+        self.out.push_back(chunk);
     }
 
     /// Bytes waiting to be written.

@@ -6,6 +6,7 @@
 //! member, who is online — never touch the database.
 
 use crate::limits::{RegistrationThrottle, TokenBucket};
+pub use crate::retry::RetryWindow;
 use crate::store::{GroupId, MessageId, Store, StoreResult, UserId};
 // foldhash: several times faster than SipHash on these integer keys, and seeded per process,
 // so keys chosen by clients (client_msg_id) cannot be aimed at collisions.
@@ -63,55 +64,6 @@ pub struct LiveGroup {
 pub struct LoginSnapshot {
     pub friends: Vec<Friend>,
     pub groups: Vec<(GroupId, String)>,
-}
-
-/// Remembers the newest sends by `(sender, client_msg_id)` so a retry gets its original answer.
-#[derive(Debug, Default)]
-pub struct RetryWindow {
-    capacity: usize,
-    by_key: HashMap<(UserId, u64), (MessageId, i64)>,
-    order: VecDeque<(UserId, u64)>,
-}
-
-impl RetryWindow {
-    pub fn new(capacity: usize) -> Self {
-        RetryWindow { capacity, ..Default::default() }
-    }
-
-    /// The stored message id and timestamp of an earlier send with this key, if remembered.
-    pub fn get(&self, sender: UserId, client_msg_id: u64) -> Option<(MessageId, i64)> {
-        self.by_key.get(&(sender, client_msg_id)).copied()
-    }
-
-    pub fn remember(&mut self, sender: UserId, client_msg_id: u64, id: MessageId, sent_at: i64) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.by_key.insert((sender, client_msg_id), (id, sent_at)).is_none() {
-            self.order.push_back((sender, client_msg_id));
-        }
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.by_key.remove(&old);
-            }
-        }
-    }
-
-    pub fn forget(&mut self, sender: UserId, client_msg_id: u64) {
-        self.by_key.remove(&(sender, client_msg_id));
-    }
-
-    /// Refills the window from the store's newest sends.
-    pub fn rebuild(&mut self, store: &Store) -> StoreResult<()> {
-        self.by_key.clear();
-        self.order.clear();
-        let mut recent = store.recent_sends(self.capacity)?;
-        recent.reverse();
-        for s in recent {
-            self.remember(s.sender, s.client_msg_id, s.id, s.sent_at);
-        }
-        Ok(())
-    }
 }
 
 /// The ids of a recipient's undelivered direct messages, ascending.
@@ -316,15 +268,5 @@ mod tests {
         assert_eq!(w.end_session(5, 2), PresenceChange::WentOffline);
         assert_eq!(w.end_session(5, 2), PresenceChange::Unchanged);
         assert!(w.groups.is_empty());
-    }
-
-    #[test]
-    fn retry_window_forgets_the_oldest() {
-        let mut r = RetryWindow::new(2);
-        r.remember(1, 10, 100, 0);
-        r.remember(1, 11, 101, 0);
-        r.remember(1, 12, 102, 0);
-        assert_eq!(r.get(1, 10), None);
-        assert_eq!(r.get(1, 12), Some((102, 0)));
     }
 }
