@@ -1,6 +1,6 @@
 //! SEND, ACK and READ: direct messages, acknowledgement of delivery, read receipts.
 
-use super::{Ctx, Origin, Outcome, check_body, name_of, refuse, take_send_token};
+use super::{Ctx, Origin, Outcome, Refusal, check_body, name_of, refuse, take_send_token};
 use crate::outbox::{FrameKind, Outbox};
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery};
@@ -17,6 +17,26 @@ pub(super) fn answer_retry(ctx: &mut Ctx, o: &Origin, id: MessageId, sent_at: i6
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::sent(b, rid, id as u64, sent_at as u64));
     Ok(())
+}
+
+/// Stores a text message in `channel`, remembers it for retries and stages its `SENT`;
+/// returns its id and timestamp. Shared by `SEND` and `GROUP_SEND`.
+pub(super) fn store_text(
+    ctx: &mut Ctx,
+    o: &Origin,
+    me: UserId,
+    channel: Channel,
+    client_msg_id: u64,
+    body: &str,
+) -> Result<(MessageId, i64), Refusal> {
+    let sent_at = ctx.now_ms;
+    let message =
+        NewMessage { channel, sender: me, client_msg_id, kind: MessageKind::Text, sent_at, body: body.as_bytes() };
+    let id = ctx.store.insert_message(&message)?;
+    ctx.world.retries.remember(me, client_msg_id, id, sent_at);
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::sent(b, rid, id as u64, sent_at as u64));
+    Ok((id, sent_at))
 }
 
 /// Stages one `DELIVER` frame for the recipients' connections (as items, held back during a
@@ -47,21 +67,10 @@ pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, to: &str, client_msg_id: 
     }
     take_send_token(ctx, me)?;
     check_recipient_queue(ctx, friend.id)?;
-    let sent_at = ctx.now_ms;
-    let id = ctx.store.insert_message(&NewMessage {
-        channel: Channel::direct(me, friend.id),
-        sender: me,
-        client_msg_id,
-        kind: MessageKind::Text,
-        sent_at,
-        body: body.as_bytes(),
-    })?;
-    ctx.world.retries.remember(me, client_msg_id, id, sent_at);
+    let (id, sent_at) = store_text(ctx, o, me, Channel::direct(me, friend.id), client_msg_id, body)?;
     if let Some(undelivered) = ctx.world.undelivered.get_mut(&friend.id) {
         undelivered.ids.push_back(id);
     }
-    let rid = o.request_id;
-    ctx.outbox.respond(o.token, rid, |b| response::sent(b, rid, id as u64, sent_at as u64));
 
     let my_name = name_of(ctx, me);
     let delivery = Delivery {

@@ -1,11 +1,11 @@
 //! GROUP_CREATE, GROUP_INVITE, GROUP_LEAVE, GROUP_MEMBERS, GROUP_LIST, GROUP_SEND.
 
-use super::chat::{answer_retry, fan_out};
+use super::chat::{answer_retry, fan_out, store_text};
 use super::{Ctx, Origin, Outcome, check_body, name_of, refuse, take_send_token};
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery, GroupEntry, GroupEvent, MemberEntry};
-use crate::store::{Channel, GroupId, LOBBY_GROUP_ID, MessageKind, NewMessage, UserId};
+use crate::store::{Channel, GroupId, LOBBY_GROUP_ID, UserId};
 use crate::world::Token;
 
 const NOT_A_MEMBER: &str = "you are not a member of that group";
@@ -110,18 +110,7 @@ pub fn send(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, client_msg
         return answer_retry(ctx, o, id, sent_at);
     }
     take_send_token(ctx, me)?;
-    let sent_at = ctx.now_ms;
-    let id = ctx.store.insert_message(&NewMessage {
-        channel: Channel::group(group),
-        sender: me,
-        client_msg_id,
-        kind: MessageKind::Text,
-        sent_at,
-        body: body.as_bytes(),
-    })?;
-    ctx.world.retries.remember(me, client_msg_id, id, sent_at);
-    let rid = o.request_id;
-    ctx.outbox.respond(o.token, rid, |b| response::sent(b, rid, id as u64, sent_at as u64));
+    let (id, sent_at) = store_text(ctx, o, me, Channel::group(group), client_msg_id, body)?;
 
     let my_name = name_of(ctx, me);
     let delivery = Delivery {
