@@ -1,8 +1,8 @@
--- im-server schema, version 1. Applied to a new database by src/store/schema.rs, which sets
+-- im-server schema, version 2. Applied to a new database by src/store/schema.rs, which sets
 -- PRAGMA user_version to the version. Designed for the write path (README.md, "Storage"): a
 -- message insert appends to one table and touches no other B-tree; which messages belong to
 -- a conversation is written in bulk (channel_blocks); delivery and read state are cursors
--- updated in place, never a row per message per recipient.
+-- updated in place (one narrow row per device), never a row per message per recipient.
 
 -- Server-wide values, such as the secret behind fake login salts.
 CREATE TABLE meta (
@@ -22,12 +22,26 @@ CREATE TABLE users (
     created_at      INTEGER NOT NULL
 );
 
--- Each user's delivery cursor: everything addressed to them at or below it has been
--- acknowledged. In a narrow table of its own because every ACK updates it: a commit then
--- rewrites a few pages of small rows rather than the pages of the wide users table.
-CREATE TABLE cursors (
-    user_id         INTEGER PRIMARY KEY REFERENCES users(id),
-    delivered_up_to INTEGER NOT NULL
+-- Where a user's first device starts: the newest message id at registration (or, in a
+-- database from schema version 1, the user's one delivery cursor then).
+CREATE TABLE account_starts (
+    user_id  INTEGER PRIMARY KEY REFERENCES users(id),
+    start_id INTEGER NOT NULL
+);
+
+-- A user's devices, each with its own delivery position: every item for the user at or below
+-- delivered_up_to has been acknowledged by that device. id is the server's number for the
+-- device (messages.device); client_id is the u64 the client chose. Every ACK updates one row
+-- by its rowid, so the UNIQUE index on (user_id, client_id) is not touched by it.
+CREATE TABLE devices (
+    id              INTEGER PRIMARY KEY,
+    user_id         INTEGER NOT NULL REFERENCES users(id),
+    client_id       INTEGER NOT NULL, -- u64 stored as i64
+    name            TEXT    NOT NULL,
+    delivered_up_to INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    last_seen       INTEGER NOT NULL, -- milliseconds: last login or ACK
+    UNIQUE (user_id, client_id)
 );
 
 -- One row per direction for each pair of users who are or were friends. A former friendship
@@ -80,9 +94,10 @@ CREATE TABLE messages (
     channel       INTEGER NOT NULL,
     sender        INTEGER NOT NULL,
     client_msg_id INTEGER NOT NULL, -- the sender's id for retries (u64 stored as i64)
-    kind          INTEGER NOT NULL, -- 0 text; 1..4 a friend event (PROTOCOL.md FRIEND_EVENT)
+    kind          INTEGER NOT NULL, -- src/store/messages.rs MessageKind: text, events, receipts
     sent_at       INTEGER NOT NULL, -- milliseconds since the Unix epoch
-    body          BLOB    NOT NULL
+    body          BLOB    NOT NULL,
+    device        INTEGER NOT NULL DEFAULT 0 -- devices.id of the device that made it (0: none)
 );
 
 -- Which ids belong to each channel, as posting lists written in bulk (src/store/posting.rs):

@@ -5,7 +5,7 @@
 //! line per measurement; scripts/bench.sh records them in BENCHMARKS.md. Numbers are for
 //! comparing layouts on one machine, not targets.
 
-use im_server::store::{Channel, MessageKind, NewMessage, NewUser, Store};
+use im_server::store::{Channel, HistoryDirection, MessageKind, NewMessage, NewUser, Store};
 use std::time::Instant;
 
 const PAIRS: i64 = 1000;
@@ -32,6 +32,7 @@ fn main() {
                     kind: MessageKind::Text,
                     sent_at: 0,
                     body: &body,
+                    device: 0,
                 };
                 store.insert_message(&message).expect("insert");
                 n += 1;
@@ -82,6 +83,7 @@ fn read_paths(store: &mut Store, body: &[u8]) {
             kind: MessageKind::Text,
             sent_at: 0,
             body,
+            device: 0,
         };
         store.insert_message(&message).expect("insert");
         if n % 4096 == 4095 {
@@ -94,23 +96,24 @@ fn read_paths(store: &mut Store, body: &[u8]) {
     let mut after = 0;
     let mut read = 0;
     loop {
-        let page = store.backlog_page(channel, after, i64::MAX, 512).expect("backlog page");
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        read += page.len();
+        let ids = store.ids_after(channel, after, i64::MAX, 512).expect("backlog ids");
+        let Some(&last) = ids.last() else { break };
+        let rows = store.rows_with_ids(&ids).expect("backlog rows");
+        after = last;
+        read += rows.len();
     }
     assert_eq!(read, ONE);
     let secs = start.elapsed().as_secs_f64();
-    println!("backlog pages of 512: {:>9.0} rows/s ({read} rows of one conversation)", read as f64 / secs);
+    println!("backlog rows by 512 ids: {:>9.0} rows/s ({read} rows of one conversation)", read as f64 / secs);
 
     let start = Instant::now();
-    let mut before = i64::MAX;
+    let mut before = 0;
     let mut read = 0;
     loop {
-        let page = store.history(channel, before, 200).expect("history page");
-        let Some(last) = page.last() else { break };
+        let page = store.history(channel, HistoryDirection::Older, before, 200, usize::MAX).expect("history page");
+        let Some(last) = page.rows.last() else { break };
         before = last.id;
-        read += page.len();
+        read += page.rows.len();
     }
     assert_eq!(read, ONE);
     let secs = start.elapsed().as_secs_f64();

@@ -96,6 +96,19 @@ pub struct Config {
     /// RECIPIENT_QUEUE_FULL and nothing is stored. 0 means unlimited.
     #[arg(long, default_value_t = 10_000)]
     pub max_offline: u32,
+
+    /// Devices one user may have; a login with a new device past it gets TOO_MANY_DEVICES.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_devices: u32,
+
+    /// Entries of a device's conversations pushed at login at most; a device further behind
+    /// gets SYNC_GAP and the newest ones, and reads the gap with forward HISTORY.
+    #[arg(long, default_value_t = 10_000)]
+    pub device_backlog_cap: usize,
+
+    /// Days after which a device that has not logged in or acknowledged is forgotten.
+    #[arg(long, default_value_t = 90)]
+    pub device_expiry_days: u32,
 }
 
 impl Config {
@@ -105,6 +118,11 @@ impl Config {
 
     pub fn login_timeout(&self) -> Duration {
         Duration::from_secs(self.login_timeout)
+    }
+
+    /// Devices last seen before this wall-clock time (milliseconds) are forgotten.
+    pub fn device_expiry_before(&self, now_ms: i64) -> i64 {
+        now_ms - self.device_expiry_days as i64 * 86_400_000
     }
 
     /// A configuration with every default, listening on `listen` with the database at `db`.

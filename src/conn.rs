@@ -4,7 +4,7 @@
 //! connection costs little more than this struct.
 
 use crate::scram::Key;
-use crate::store::UserId;
+use crate::store::{DeviceId, MessageId, UserId};
 use crate::sync::Backlog;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
@@ -19,7 +19,7 @@ pub enum ConnState {
     AwaitHello,
     Unauthenticated,
     Authenticating(Box<PendingLogin>),
-    Authenticated { user: UserId },
+    Authenticated { user: UserId, device: DeviceId },
 }
 
 /// What the server remembers between `LOGIN_START` and `LOGIN_FINISH`.
@@ -43,6 +43,7 @@ pub enum CloseReason {
     LoginTimeout,
     SlowReader,
     ShuttingDown,
+    DeviceRemoved,
 }
 
 enum Chunk {
@@ -80,8 +81,11 @@ pub struct Conn {
     /// Reading is paused while this connection's own output is above the soft limit.
     pub read_paused: bool,
     pub failed_logins: u8,
-    /// The offline backlog still being pushed after login, if any.
+    /// The backlog still being pushed after login, if any.
     pub backlog: Option<Box<Backlog>>,
+    /// Every item for this connection's device with an id up to here has been queued on it:
+    /// an `ACK` is clamped to it, so it can never acknowledge what was not sent.
+    pub sent_through: MessageId,
     closing: Option<CloseReason>,
     read_buf: Vec<u8>,
     out: VecDeque<Chunk>,
@@ -102,6 +106,7 @@ impl Conn {
             read_paused: false,
             failed_logins: 0,
             backlog: None,
+            sent_through: 0,
             closing: None,
             read_buf: Vec::new(),
             out: VecDeque::new(),
@@ -113,7 +118,15 @@ impl Conn {
 
     pub fn user(&self) -> Option<UserId> {
         match self.state {
-            ConnState::Authenticated { user } => Some(user),
+            ConnState::Authenticated { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+
+    /// The device a logged-in connection speaks for.
+    pub fn device(&self) -> Option<DeviceId> {
+        match self.state {
+            ConnState::Authenticated { device, .. } => Some(device),
             _ => None,
         }
     }

@@ -17,9 +17,9 @@ pub enum FrameKind {
     Response { request_id: u32 },
     /// A notice that is sent whatever the connection is doing.
     Push,
-    /// A stored item (message or friend event) that the offline backlog also delivers: held
-    /// back while the connection is still receiving its backlog, so items stay in id order.
-    Item,
+    /// A stored item (PROTOCOL.md §6) with its id. A connection still receiving its backlog
+    /// does not queue it: the backlog reads it from the store in its place, in id order.
+    Item { id: crate::store::MessageId },
 }
 
 /// The bytes of a staged frame.
@@ -147,7 +147,7 @@ mod tests {
         o.end_command(false);
         o.begin_command();
         o.respond(1, 8, |b| response::sent(b, 8, 1, 1));
-        o.stage(2, FrameKind::Item, |b| response::sync_done(b, 0));
+        o.stage(2, FrameKind::Item { id: 1 }, |b| response::sync_done(b, 0));
         o.end_command(true);
         let mut got = Vec::new();
         o.drain(false, |to, _, bytes, _| got.push((to, bytes[4], bytes.to_vec())));

@@ -76,6 +76,14 @@ impl Server {
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let server_secret = store.server_secret().map_err(io::Error::other)?;
+        let mut store = store;
+        let expired = store.expire_devices(config.device_expiry_before(now_ms())).map_err(io::Error::other)?;
+        if !store.finish_iteration() {
+            return Err(io::Error::other("cannot forget expired devices"));
+        }
+        if expired > 0 {
+            log::info!("forgot {expired} devices not seen for {} days", config.device_expiry_days);
+        }
         let mut world = World::new(config.dedup_window);
         world.retries.rebuild(&store).map_err(io::Error::other)?;
         Ok(Server {
@@ -314,6 +322,7 @@ impl Server {
             }
         }
         self.deliver_outbox(committed);
+        self.close_removed_devices(committed);
         self.fill_backlogs();
         self.flush_dirty();
         self.resume_paused();
@@ -325,23 +334,44 @@ impl Server {
         }
     }
 
+    /// Moves the staged frames into the write queues. An item for a connection still
+    /// receiving its backlog is dropped: it is committed, so the backlog reads it from the
+    /// store in its place (see `sync.rs`), and the connection's id order holds.
     fn deliver_outbox(&mut self, committed: bool) {
         let Server { conns, outbox, dirty, .. } = self;
         outbox.drain(committed, |to, kind, bytes, shared| {
             let Some(conn) = conns.get_mut(to) else { return };
-            match (&mut conn.backlog, kind) {
-                (Some(backlog), FrameKind::Item) => backlog.defer(bytes),
-                _ => match shared {
-                    Some(frame) => conn.enqueue_shared(frame),
-                    None => conn.enqueue(bytes),
-                },
+            if let FrameKind::Item { id } = kind {
+                if conn.backlog.is_some() {
+                    return;
+                }
+                conn.sent_through = conn.sent_through.max(id);
+            }
+            match shared {
+                Some(frame) => conn.enqueue_shared(frame),
+                None => conn.enqueue(bytes),
             }
             dirty.insert(to);
         });
     }
 
+    /// Closes the connections of devices removed in this batch, once the removal is durable
+    /// (their `NO_SUCH_DEVICE` was staged with it).
+    fn close_removed_devices(&mut self, committed: bool) {
+        for token in std::mem::take(&mut self.world.removed_device_sessions) {
+            if !committed {
+                continue;
+            }
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.close(CloseReason::DeviceRemoved);
+                self.closing.insert(token);
+            }
+        }
+    }
+
     fn fill_backlogs(&mut self) {
         if self.syncing.is_empty() {
+            self.world.sources_changed.clear();
             return;
         }
         self.store.begin_batch();
@@ -351,20 +381,27 @@ impl Server {
     }
 
     fn fill_backlog_pages(&mut self) {
-        let Server { conns, store, syncing, dirty, closing, .. } = self;
+        let Server { conns, store, syncing, dirty, closing, world, .. } = self;
+        let changed = std::mem::take(&mut world.sources_changed);
         syncing.retain(|&token| {
             let Some(conn) = conns.get_mut(token) else { return false };
             if conn.closing().is_some() {
                 return false;
             }
             let queued = conn.queued_bytes();
+            let user = conn.user();
             let Some(backlog) = conn.backlog.as_mut() else { return false };
+            if user.is_some_and(|u| changed.contains(&u)) {
+                backlog.mark_stale();
+            }
             if queued >= BACKLOG_BUDGET {
                 return true;
             }
             let mut out = Vec::new();
             let result = backlog.fill(store, &mut out, BACKLOG_BUDGET - queued);
+            let read_to = backlog.read_to();
             conn.enqueue(&out);
+            conn.sent_through = conn.sent_through.max(read_to);
             dirty.insert(token);
             match result {
                 Ok(false) => true,
@@ -411,7 +448,10 @@ impl Server {
                 self.closing.insert(token);
                 continue;
             }
-            if queued > self.config.write_queue_soft_limit {
+            // A syncing connection holds at most BACKLOG_BUDGET queued (the rest waits in the
+            // store); one that reads nothing of it is as slow as one past the soft limit.
+            let stalled_backlog = conn.backlog.is_some() && queued >= BACKLOG_BUDGET;
+            if queued > self.config.write_queue_soft_limit || stalled_backlog {
                 conn.over_soft_limit_since.get_or_insert_with(Instant::now);
             } else {
                 conn.over_soft_limit_since = None;

@@ -7,7 +7,7 @@
 
 use crate::limits::{RegistrationThrottle, TokenBucket};
 pub use crate::retry::RetryWindow;
-use crate::store::{GroupId, MessageId, Store, StoreResult, UserId};
+use crate::store::{DeviceId, GroupId, MessageId, Store, StoreResult, UserId};
 // foldhash: several times faster than SipHash on these integer keys, and seeded per process,
 // so keys chosen by clients (client_msg_id) cannot be aimed at collisions.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -31,6 +31,8 @@ pub struct Friend {
 pub struct OnlineUser {
     pub name: Rc<str>,
     pub sessions: Vec<Token>,
+    /// The device of each session, in the same order.
+    pub devices: Vec<DeviceId>,
     /// Current friends by lowercase name.
     pub friends: HashMap<String, Friend>,
     pub groups: HashSet<GroupId>,
@@ -84,6 +86,11 @@ pub struct World {
     /// Undelivered direct messages per recipient, read from the store on first need and kept
     /// up to date by SEND and ACK (for `--max-offline`).
     pub undelivered: HashMap<UserId, Undelivered>,
+    /// Online users whose conversations changed (a friend or a group gained or lost) in this
+    /// iteration: their syncing connections reload their backlog's sources.
+    pub sources_changed: HashSet<UserId>,
+    /// Connections of removed devices, closed once the removal has committed.
+    pub removed_device_sessions: Vec<Token>,
 }
 
 /// Whether a session change changed the user's presence.
@@ -112,6 +119,12 @@ impl World {
         self.users.get(&id).map(|u| u.sessions.as_slice()).unwrap_or(&[])
     }
 
+    /// The sessions of a user that speak for a device.
+    pub fn sessions_of_device(&self, user: UserId, device: DeviceId) -> Vec<Token> {
+        let Some(u) = self.users.get(&user) else { return Vec::new() };
+        u.sessions.iter().zip(&u.devices).filter(|&(_, &d)| d == device).map(|(&t, _)| t).collect()
+    }
+
     /// Loads what the world needs for a user's first session from the store.
     pub fn snapshot(store: &Store, user: UserId) -> StoreResult<LoginSnapshot> {
         let friends = store
@@ -134,12 +147,13 @@ impl World {
         &mut self,
         user: UserId,
         name: &str,
-        token: Token,
+        (token, device): (Token, DeviceId),
         now: Instant,
         load: impl FnOnce() -> StoreResult<LoginSnapshot>,
     ) -> StoreResult<PresenceChange> {
         if let Some(u) = self.users.get_mut(&user) {
             u.sessions.push(token);
+            u.devices.push(device);
             return Ok(PresenceChange::Unchanged);
         }
         let snapshot = load()?;
@@ -147,6 +161,7 @@ impl World {
             name: name.into(),
             send_bucket: TokenBucket::full(now),
             sessions: vec![token],
+            devices: vec![device],
             friends: HashMap::with_capacity(snapshot.friends.len()),
             groups: HashSet::with_capacity(snapshot.groups.len()),
         };
@@ -167,7 +182,10 @@ impl World {
         let Some(u) = self.users.get_mut(&user) else {
             return PresenceChange::Unchanged;
         };
-        u.sessions.retain(|&t| t != token);
+        if let Some(k) = u.sessions.iter().position(|&t| t == token) {
+            u.sessions.swap_remove(k);
+            u.devices.swap_remove(k);
+        }
         if !u.sessions.is_empty() {
             return PresenceChange::Unchanged;
         }
@@ -192,6 +210,7 @@ impl World {
         for (me, other) in [(a, b), (b, a)] {
             if let Some(u) = self.users.get_mut(&me.0) {
                 u.friends.insert(other.1.to_ascii_lowercase(), Friend { id: other.0, name: other.1.into() });
+                self.sources_changed.insert(me.0);
             }
         }
     }
@@ -208,6 +227,7 @@ impl World {
     pub fn join_group(&mut self, user: UserId, group: GroupId, group_name: &str) {
         if let Some(u) = self.users.get_mut(&user) {
             u.groups.insert(group);
+            self.sources_changed.insert(user);
             let live = self
                 .groups
                 .entry(group)
@@ -219,6 +239,7 @@ impl World {
     pub fn leave_group(&mut self, user: UserId, group: GroupId) {
         if let Some(u) = self.users.get_mut(&user) {
             u.groups.remove(&group);
+            self.sources_changed.insert(user);
             self.leave_live_group(group, user);
         }
     }
@@ -235,15 +256,19 @@ impl World {
     /// Reloads friends and groups of every online user from the store, after a transaction
     /// whose in-memory effects were applied was rolled back.
     pub fn resync(&mut self, store: &Store) -> StoreResult<()> {
-        let users: Vec<(UserId, Rc<str>, Vec<Token>)> =
-            self.users.iter().map(|(id, u)| (*id, u.name.clone(), u.sessions.clone())).collect();
+        let users: Vec<(UserId, Rc<str>, Vec<(Token, DeviceId)>)> = self
+            .users
+            .iter()
+            .map(|(id, u)| (*id, u.name.clone(), u.sessions.iter().copied().zip(u.devices.iter().copied()).collect()))
+            .collect();
         self.users.clear();
         self.groups.clear();
         let now = Instant::now();
         for (id, name, sessions) in users {
-            for token in sessions {
-                self.start_session(id, &name, token, now, || World::snapshot(store, id))?;
+            for session in sessions {
+                self.start_session(id, &name, session, now, || World::snapshot(store, id))?;
             }
+            self.sources_changed.insert(id);
         }
         self.undelivered.clear();
         self.retries.rebuild(store)
@@ -261,8 +286,9 @@ mod tests {
     #[test]
     fn presence_changes_only_on_first_and_last_session() {
         let mut w = World::new(10);
-        assert_eq!(w.start_session(5, "al", 1, Instant::now(), empty).unwrap(), PresenceChange::CameOnline);
-        assert_eq!(w.start_session(5, "al", 2, Instant::now(), empty).unwrap(), PresenceChange::Unchanged);
+        assert_eq!(w.start_session(5, "al", (1, 10), Instant::now(), empty).unwrap(), PresenceChange::CameOnline);
+        assert_eq!(w.start_session(5, "al", (2, 11), Instant::now(), empty).unwrap(), PresenceChange::Unchanged);
+        assert_eq!(w.sessions_of_device(5, 11), vec![2]);
         assert_eq!(w.online_members(1).collect::<Vec<_>>(), vec![5]);
         assert_eq!(w.end_session(5, 1), PresenceChange::Unchanged);
         assert_eq!(w.end_session(5, 2), PresenceChange::WentOffline);

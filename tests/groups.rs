@@ -2,7 +2,9 @@
 
 mod support;
 
-use support::{Client, Deliver, GroupInfo, LOBBY, Member, Message, Target, TestServer, code, group_event, req};
+use support::{
+    Client, Deliver, GroupInfo, LOBBY, Member, Message, Target, TestServer, befriend_offline, code, group_event, req,
+};
 
 fn members(client: &mut Client, group_id: u64) -> Vec<Member> {
     match client.call(req::group_members(group_id)) {
@@ -30,8 +32,27 @@ fn groups(client: &mut Client) -> Vec<GroupInfo> {
     }
 }
 
+/// A `GROUP_EVENT` with its id and timestamp zeroed, to compare with [`anon`]ymised pushes.
 fn event(group_id: u64, event: u8, username: &str, group_name: &str) -> Message {
-    Message::GroupEvent { group_id, event, username: username.to_string(), group_name: group_name.to_string() }
+    Message::GroupEvent {
+        message_id: 0,
+        timestamp_ms: 0,
+        group_id,
+        event,
+        username: username.to_string(),
+        group_name: group_name.to_string(),
+    }
+}
+
+/// A pushed `GROUP_EVENT` with its id and timestamp zeroed (each is checked to be set).
+fn anon(message: Message) -> Message {
+    match message {
+        Message::GroupEvent { message_id, timestamp_ms, group_id, event, username, group_name } => {
+            assert!(message_id > 0 && timestamp_ms > 0, "GROUP_EVENT without id or time");
+            Message::GroupEvent { message_id: 0, timestamp_ms: 0, group_id, event, username, group_name }
+        }
+        other => other,
+    }
 }
 
 fn group_deliver(message: &Message, group_id: u64, from: &str, body: &str) -> u64 {
@@ -80,31 +101,38 @@ fn group_names_are_1_to_64_characters() {
 }
 
 #[test]
-fn any_member_may_invite_and_online_members_hear_of_it() {
+fn any_member_may_invite_a_friend_and_members_hear_of_it() {
     let server = TestServer::start();
     server.register_all(&["alice", "bob", "carol", "dave", "erin"]);
     let mut alice = server.device("alice");
+    befriend_offline(&server, &mut alice, &["bob"]);
     let mut bob = server.device("bob");
+    befriend_offline(&server, &mut bob, &["carol"]);
     let mut carol = server.device("carol");
+    befriend_offline(&server, &mut carol, &["dave"]);
     let mut erin = server.device("erin");
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.barrier();
+    }
     let group_id = alice.call(req::group_create("g")).group_id();
 
+    // The inviting connection has its OK; every other member's connection gets the event.
     assert_eq!(alice.call(req::group_invite(group_id, "bob")), Message::Ok);
     let joined_bob = event(group_id, group_event::JOINED, "bob", "g");
-    assert_eq!(alice.push(), joined_bob);
-    assert_eq!(bob.push(), joined_bob);
+    assert_eq!(anon(bob.push()), joined_bob);
+    alice.assert_quiet();
 
-    // bob is no owner, and may invite.
+    // bob is no owner, and may invite his friend.
     assert_eq!(bob.call(req::group_invite(group_id, "carol")), Message::Ok);
     let joined_carol = event(group_id, group_event::JOINED, "carol", "g");
-    for client in [&mut alice, &mut bob, &mut carol] {
-        assert_eq!(client.push(), joined_carol);
+    for client in [&mut alice, &mut carol] {
+        assert_eq!(anon(client.push()), joined_carol);
     }
-    // dave is offline: he joins all the same.
+    // dave is offline: he joins all the same, and finds the event of it at his next login.
     assert_eq!(carol.call(req::group_invite(group_id, "dave")), Message::Ok);
     let joined_dave = event(group_id, group_event::JOINED, "dave", "g");
-    for client in [&mut alice, &mut bob, &mut carol] {
-        assert_eq!(client.push(), joined_dave);
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(anon(client.push()), joined_dave);
     }
     erin.assert_quiet();
 
@@ -117,15 +145,23 @@ fn any_member_may_invite_and_online_members_hear_of_it() {
             member("dave", false, false),
         ]
     );
+    let (_, dave_backlog) = server.login("dave");
+    let dave_backlog: Vec<Message> = dave_backlog.into_iter().map(anon).collect();
+    assert_eq!(dave_backlog, [joined_dave]);
     let cases = [
-        ("an unknown name", req::group_invite(group_id, "nobody"), code::USER_NOT_FOUND),
-        ("a member", req::group_invite(group_id, "dave"), code::ALREADY_MEMBER),
-        ("the inviter", req::group_invite(group_id, "alice"), code::ALREADY_MEMBER),
+        ("an unknown name", req::group_invite(group_id, "nobody"), code::NOT_FRIENDS),
+        ("a stranger", req::group_invite(group_id, "erin"), code::NOT_FRIENDS),
+        ("a member", req::group_invite(group_id, "bob"), code::ALREADY_MEMBER),
+        ("the lobby", req::group_invite(LOBBY, "bob"), code::ALREADY_MEMBER),
     ];
     for (label, request, expected) in cases {
         let reply = alice.call(request);
         assert_eq!(reply.error_code(), Some(expected), "{label}: {reply:?}");
     }
+    // A stranger and an unknown name get the same answer.
+    let stranger = alice.call(req::group_invite(group_id, "erin"));
+    let unknown = alice.call(req::group_invite(group_id, "nobody"));
+    assert_eq!(stranger.error_without_name("erin"), unknown.error_without_name("nobody"));
 }
 
 #[test]
@@ -133,13 +169,15 @@ fn an_invitee_starts_at_the_newest_message() {
     let server = TestServer::start();
     server.register_all(&["alice", "bob"]);
     let mut alice = server.device("alice");
+    befriend_offline(&server, &mut alice, &["bob"]);
     let group_id = alice.call(req::group_create("g")).group_id();
     let (before, _) = alice.call(req::group_send(group_id, 1, "before")).sent();
     assert_eq!(alice.call(req::group_invite(group_id, "bob")), Message::Ok);
     let (after, _) = alice.call(req::group_send(group_id, 2, "after")).sent();
     let (mut bob, backlog) = server.login("bob");
-    assert_eq!(backlog.len(), 1, "{backlog:?}");
-    assert_eq!(group_deliver(&backlog[0], group_id, "alice", "after"), after);
+    assert_eq!(backlog.len(), 2, "{backlog:?}");
+    assert_eq!(anon(backlog[0].clone()), event(group_id, group_event::JOINED, "bob", "g"));
+    assert_eq!(group_deliver(&backlog[1], group_id, "alice", "after"), after);
     // The older message is in the history.
     let (items, _) = bob.call(req::history(&Target::Group(group_id), 0, 10)).history_page();
     assert_eq!(items.iter().map(|item| item.message_id).collect::<Vec<_>>(), [after, before]);
@@ -154,21 +192,25 @@ fn leaving_a_group() {
     let server = TestServer::start();
     server.register_all(&["alice", "bob", "carol"]);
     let mut alice = server.device("alice");
+    befriend_offline(&server, &mut alice, &["bob", "carol"]);
     let mut bob = server.device("bob");
+    let mut bob_laptop = server.device("bob");
     let mut carol = server.device("carol");
     let group_id = alice.call(req::group_create("g")).group_id();
     for name in ["bob", "carol"] {
         assert_eq!(alice.call(req::group_invite(group_id, name)), Message::Ok);
     }
-    for client in [&mut alice, &mut bob, &mut carol] {
+    for client in [&mut alice, &mut bob, &mut bob_laptop, &mut carol] {
         client.barrier();
     }
 
+    // The leaving connection has its OK; the others, bob's other connection too, the event.
     assert_eq!(bob.call(req::group_leave(group_id)), Message::Ok);
     let left_bob = event(group_id, group_event::LEFT, "bob", "g");
-    for client in [&mut alice, &mut bob, &mut carol] {
-        assert_eq!(client.push(), left_bob);
+    for client in [&mut alice, &mut bob_laptop, &mut carol] {
+        assert_eq!(anon(client.push()), left_bob);
     }
+    bob.assert_quiet();
     let cases = [
         ("GROUP_SEND", req::group_send(group_id, 1, "hi")),
         ("HISTORY", req::history(&Target::Group(group_id), 0, 10)),
@@ -185,8 +227,8 @@ fn leaving_a_group() {
     // The owner may leave; the group keeps its recorded owner.
     assert_eq!(alice.call(req::group_leave(group_id)), Message::Ok);
     let left_alice = event(group_id, group_event::LEFT, "alice", "g");
-    assert_eq!(alice.push(), left_alice);
-    assert_eq!(carol.push(), left_alice);
+    assert_eq!(anon(carol.push()), left_alice);
+    alice.assert_quiet();
     bob.assert_quiet();
     assert_eq!(members(&mut carol, group_id), [member("carol", true, false)]);
     let carol_groups = groups(&mut carol);
@@ -203,6 +245,7 @@ fn group_send_reaches_every_connection_of_every_member_but_the_sender() {
     let server = TestServer::start_with(&["--max-body", "10"]);
     server.register_all(&["alice", "bob", "carol"]);
     let mut alice_phone = server.device("alice");
+    befriend_offline(&server, &mut alice_phone, &["bob"]);
     let mut alice_laptop = server.device("alice");
     let mut bob = server.device("bob");
     let mut carol = server.device("carol");
@@ -250,14 +293,26 @@ fn fan_out_to_a_hundred_members_some_offline() {
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     server.register_all(&name_refs);
     let mut owner = server.device(&names[0]);
+    befriend_offline(&server, &mut owner, &name_refs[1..]);
     let group_id = owner.call(req::group_create("hundred")).group_id();
     let invites: Vec<_> = names[1..].iter().map(|name| req::group_invite(group_id, name)).collect();
     assert!(owner.pipeline(&invites).iter().all(|reply| *reply == Message::Ok));
-    let joins = owner.barrier();
-    assert_eq!(joins.len(), 99, "the owner hears of every join");
+    owner.assert_quiet();
 
-    // Members 1-69 are online, 70-99 offline.
-    let mut online: Vec<Client> = names[1..70].iter().map(|name| server.device(name)).collect();
+    // Members 1-69 are online, 70-99 offline. Member k's backlog holds the joins from its own
+    // on: every later join is an item of the group for it.
+    let joins_seen_by = |k: usize, backlog: &[Message]| {
+        let joined: Vec<Message> = backlog.iter().cloned().map(anon).collect();
+        let expected: Vec<Message> =
+            names[k..].iter().map(|name| event(group_id, group_event::JOINED, name, "hundred")).collect();
+        assert_eq!(joined, expected, "{}", names[k]);
+    };
+    let mut online: Vec<Client> = Vec::new();
+    for k in 1..70 {
+        let (client, backlog) = server.login(&names[k]);
+        joins_seen_by(k, &backlog);
+        online.push(client);
+    }
     let (message_id, _) = owner.call(req::group_send(group_id, 1, "to all")).sent();
     for client in &mut online {
         assert_eq!(group_deliver(&client.push(), group_id, "user00", "to all"), message_id);
@@ -265,12 +320,15 @@ fn fan_out_to_a_hundred_members_some_offline() {
     let all = members(&mut owner, group_id);
     assert_eq!(all.len(), 100);
     assert_eq!(all.iter().filter(|member| member.online).count(), 70);
-    for name in &names[70..] {
-        let (_, backlog) = server.login(name);
-        assert_eq!(backlog.len(), 1, "{name}: {backlog:?}");
-        assert_eq!(group_deliver(&backlog[0], group_id, "user00", "to all"), message_id);
+    for k in 70..100 {
+        let (_, backlog) = server.login(&names[k]);
+        let (message, joins) = backlog.split_last().expect("a backlog");
+        joins_seen_by(k, joins);
+        assert_eq!(group_deliver(message, group_id, "user00", "to all"), message_id);
     }
-    owner.assert_quiet();
+    // The owner, friend of all, hears only of their comings and goings.
+    let pushes = owner.barrier();
+    assert!(pushes.iter().all(|push| matches!(push, Message::Presence { .. })), "{pushes:?}");
 }
 
 #[test]

@@ -11,35 +11,56 @@ fn hello_ok_reports_the_defaults() {
     assert_eq!(
         client.hello(),
         HelloOk {
-            version: 1,
+            version: 2,
             server: format!("im-server {}", env!("CARGO_PKG_VERSION")),
             max_frame: 65_536,
             max_frame_before_login: 4096,
             max_body: 4096,
             idle_timeout_secs: 120,
+            login_timeout_secs: 10,
+            min_kdf_iterations: 1000,
         }
     );
 }
 
 #[test]
 fn hello_ok_reports_the_configured_limits() {
-    let server = TestServer::start_with(&["--max-frame", "10000", "--max-body", "100", "--idle-timeout", "30"]);
+    let server = TestServer::start_with(&[
+        "--max-frame",
+        "10000",
+        "--max-body",
+        "100",
+        "--idle-timeout",
+        "30",
+        "--login-timeout",
+        "7",
+        "--min-kdf-iterations",
+        "5000",
+    ]);
     let hello = server.connect().hello();
     assert_eq!(
-        (hello.max_frame, hello.max_frame_before_login, hello.max_body, hello.idle_timeout_secs),
-        (10_000, 4096, 100, 30)
+        (
+            hello.max_frame,
+            hello.max_frame_before_login,
+            hello.max_body,
+            hello.idle_timeout_secs,
+            hello.login_timeout_secs,
+            hello.min_kdf_iterations
+        ),
+        (10_000, 4096, 100, 30, 7, 5000)
     );
 }
 
 /// The byte-by-byte exchange of PROTOCOL.md §7.
 #[test]
 fn spec_example_hello_and_ping_bytes() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(&["--min-kdf-iterations", "100000"]);
     let mut client = server.connect();
-    client.write_raw(&[0, 0, 0, 7, 0x01, 0, 0, 0, 1, 0, 1]);
-    let mut expected = vec![0, 0, 0, 0x28, 0x81, 0, 0, 0, 1, 0, 1, 0, 0x0F];
-    expected.extend_from_slice(b"im-server 0.1.0");
+    client.write_raw(&[0, 0, 0, 7, 0x01, 0, 0, 0, 1, 0, 2]);
+    let mut expected = vec![0, 0, 0, 0x30, 0x81, 0, 0, 0, 1, 0, 2, 0, 0x0F];
+    expected.extend_from_slice(b"im-server 0.2.0");
     expected.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0x10, 0, 0, 0, 0x10, 0, 0, 0, 0, 0x78]);
+    expected.extend_from_slice(&[0, 0, 0, 0x0A, 0, 0x01, 0x86, 0xA0]);
     let frame = client.read_frame();
     assert_eq!(support::frame(frame.opcode, frame.request_id, &frame.body), expected);
 
@@ -50,7 +71,7 @@ fn spec_example_hello_and_ping_bytes() {
 
 #[test]
 fn wrong_protocol_version_is_refused_and_closed() {
-    for version in [0u16, 2, 0xFFFF] {
+    for version in [0u16, 1, 3, 0xFFFF] {
         let server = TestServer::start();
         let mut client = server.connect();
         let reply = client.call(req::hello(version));
@@ -123,7 +144,7 @@ fn unauthenticated_connection_refuses_messaging_and_wrong_state_requests() {
     let server = TestServer::start();
     let mut client = server.hello();
     let mut cases = vec![
-        ("second HELLO", req::hello(1), Some(code::INVALID_STATE)),
+        ("second HELLO", req::hello(2), Some(code::INVALID_STATE)),
         ("LOGIN_FINISH without LOGIN_START", req::login_finish(&[0; 32]), Some(code::INVALID_STATE)),
         ("LOGOUT", req::logout(), Some(code::NOT_AUTHENTICATED)),
         ("unknown 0x7F", Request::new(0x7F, Body::new()), Some(code::UNKNOWN_OPCODE)),
@@ -142,7 +163,7 @@ fn authenticating_connection_accepts_only_ping_and_login_finish() {
     let challenge = client.call(req::login_start("alice", &[7; 16]));
     assert!(matches!(challenge, Message::LoginChallenge { .. }), "{challenge:?}");
     let mut cases = vec![
-        ("second HELLO", req::hello(1), Some(code::INVALID_STATE)),
+        ("second HELLO", req::hello(2), Some(code::INVALID_STATE)),
         ("unknown 0x7F", Request::new(0x7F, Body::new()), Some(code::UNKNOWN_OPCODE)),
     ];
     for (name, request) in messaging_requests() {
@@ -158,7 +179,7 @@ fn authenticated_connection_refuses_hello_register_and_login() {
     check_state(
         &mut client,
         &[
-            ("second HELLO", req::hello(1), Some(code::INVALID_STATE)),
+            ("second HELLO", req::hello(2), Some(code::INVALID_STATE)),
             ("REGISTER", register_request("bob"), Some(code::INVALID_STATE)),
             ("LOGIN_START", req::login_start("alice", &[7; 16]), Some(code::INVALID_STATE)),
             ("LOGIN_FINISH", req::login_finish(&[0; 32]), Some(code::INVALID_STATE)),

@@ -195,7 +195,7 @@ fn malformed_bodies_after_login() {
 fn frames_split_into_single_bytes() {
     let server = TestServer::start();
     let mut client = server.connect();
-    let mut bytes = frame(op::HELLO, 1, &req::hello(1).body);
+    let mut bytes = frame(op::HELLO, 1, &req::hello(2).body);
     bytes.extend(frame(op::PING, 2, &[]));
     bytes.extend(frame(op::REGISTER, 3, &register_request("alice").body));
     client.write_byte_by_byte(&bytes);
@@ -214,7 +214,7 @@ fn many_frames_in_one_write_are_answered_in_order() {
     let server = TestServer::start();
     let mut client = server.connect();
     let mut bytes = Vec::new();
-    bytes.extend(frame(op::HELLO, 10, &req::hello(1).body));
+    bytes.extend(frame(op::HELLO, 10, &req::hello(2).body));
     bytes.extend(frame(op::PING, 11, &[]));
     bytes.extend(frame(0x7F, 12, &[]));
     bytes.extend(frame(op::REGISTER, 13, &register_request("alice").body));
@@ -246,7 +246,7 @@ fn many_frames_in_one_write_are_answered_in_order() {
 fn a_frame_and_a_half_then_the_rest() {
     let server = TestServer::start();
     let mut client = server.connect();
-    let mut bytes = frame(op::HELLO, 1, &req::hello(1).body);
+    let mut bytes = frame(op::HELLO, 1, &req::hello(2).body);
     bytes.extend(frame(op::PING, 2, &[]));
     let (first, second) = bytes.split_at(14);
     client.write_raw(first);

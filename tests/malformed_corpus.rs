@@ -44,7 +44,7 @@ const LOGIN_CHALLENGE: u8 = 0x84;
 const SYNC_DONE: u8 = 0xC4;
 
 /// Error code names, PROTOCOL.md §4 (index = code).
-const ERROR_NAMES: [&str; 31] = [
+const ERROR_NAMES: [&str; 33] = [
     "?",
     "MALFORMED_FRAME",
     "UNKNOWN_OPCODE",
@@ -76,6 +76,8 @@ const ERROR_NAMES: [&str; 31] = [
     "RECIPIENT_QUEUE_FULL",
     "TOO_MANY_SESSIONS",
     "LOGIN_TIMEOUT",
+    "TOO_MANY_DEVICES",
+    "NO_SUCH_DEVICE",
 ];
 
 /// Response opcode names, PROTOCOL.md §3 (index = opcode - 0x80).
@@ -339,7 +341,7 @@ impl Client {
     }
 
     fn hello(&mut self) {
-        self.call(frame(HELLO, 1, &1u16.to_be_bytes()), 0x81);
+        self.call(frame(HELLO, 1, &2u16.to_be_bytes()), 0x81);
     }
 
     /// SCRAM login (PROTOCOL.md §5), then waits for the end of the offline backlog.
@@ -358,6 +360,8 @@ impl Client {
         let proof = scram::client_proof(keys, &message);
         let mut body = Vec::new();
         put_str(&mut body, &proof);
+        body.extend_from_slice(&0xC0FFEEu64.to_be_bytes());
+        put_str(&mut body, b"corpus");
         self.call(frame(LOGIN_FINISH, 3, &body), 0x85);
         self.push(SYNC_DONE, Duration::from_secs(5)).expect("SYNC_DONE after login");
     }

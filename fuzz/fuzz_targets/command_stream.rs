@@ -161,7 +161,7 @@ impl Core {
         let message = scram::auth_message(name, &client_nonce, salt, iterations, nonce);
         let proof = scram::client_proof(keys, &message);
         buf.clear();
-        client::login_finish(&mut buf, 2, &proof);
+        client::login_finish(&mut buf, 2, &proof, 1, "fuzz");
         let answer = self.call(token, conn, &buf);
         assert!(
             matches!(answer.first().map(|s| decode(&s.bytes)), Some(ServerFrame::LoginOk { .. })),
@@ -193,7 +193,7 @@ impl Harness {
         let new_conn = |socket: &TcpStream| Conn::new(dup(socket), LOOPBACK, Instant::now());
         let mut setup = new_conn(&socket);
         let mut buf = Vec::new();
-        client::hello(&mut buf, 1, 1);
+        client::hello(&mut buf, 1, 2);
         for name in ["alice", "bob", "carol"] {
             let r = Registration {
                 username: name,
@@ -210,7 +210,7 @@ impl Harness {
         core.login(SETUP, &mut setup, &keys, "alice");
         let mut bob = new_conn(&socket);
         buf.clear();
-        client::hello(&mut buf, 1, 1);
+        client::hello(&mut buf, 1, 2);
         core.call(BOB, &mut bob, &buf);
         core.login(BOB, &mut bob, &keys, "bob");
         buf.clear();
@@ -230,7 +230,7 @@ impl Harness {
         let mut conn = Conn::new(dup(&self.socket), LOOPBACK, Instant::now());
         let mut buf = Vec::new();
         if mode >= 1 {
-            client::hello(&mut buf, 1, 1);
+            client::hello(&mut buf, 1, 2);
             self.core.call(FUZZED, &mut conn, &buf);
         }
         match mode {

@@ -130,7 +130,9 @@ fn encode(buf: &mut Vec<u8>, id: u32, request: &Request) {
         Request::Ping => client::ping(buf, id),
         Request::Register(ref r) => client::register(buf, id, r),
         Request::LoginStart { username, client_nonce } => client::login_start(buf, id, username, client_nonce),
-        Request::LoginFinish { client_proof } => client::login_finish(buf, id, client_proof),
+        Request::LoginFinish { client_proof, device_id, device_name } => {
+            client::login_finish(buf, id, client_proof, device_id, device_name)
+        }
         Request::Logout => client::logout(buf, id),
         Request::FriendRequest { username } => client::friend_request(buf, id, username),
         Request::FriendAccept { username } => client::friend_accept(buf, id, username),
@@ -139,8 +141,8 @@ fn encode(buf: &mut Vec<u8>, id: u32, request: &Request) {
         Request::FriendList => client::friend_list(buf, id),
         Request::Send { to, client_msg_id, body } => client::send(buf, id, to, client_msg_id, body),
         Request::Ack { up_to_message_id } => client::ack(buf, id, up_to_message_id),
-        Request::History { target, before_message_id, limit } => {
-            client::history(buf, id, target, before_message_id, limit)
+        Request::History { target, direction, from_message_id, limit } => {
+            client::history(buf, id, target, direction, from_message_id, limit)
         }
         Request::Read { peer, up_to_message_id } => client::read(buf, id, peer, up_to_message_id),
         Request::GroupCreate { name } => client::group_create(buf, id, name),
@@ -151,6 +153,8 @@ fn encode(buf: &mut Vec<u8>, id: u32, request: &Request) {
         Request::GroupSend { group_id, client_msg_id, body } => {
             client::group_send(buf, id, group_id, client_msg_id, body)
         }
+        Request::DeviceList => client::device_list(buf, id),
+        Request::DeviceRemove { device_id } => client::device_remove(buf, id, device_id),
         Request::Unknown { .. } => unreachable!("handled by the caller"),
     }
 }

@@ -6,9 +6,8 @@ use crate::protocol::request::Registration;
 use crate::protocol::response::{self, ServerLimits};
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION};
 use crate::scram::{self, KEY_LEN, Key, SERVER_NONCE_LEN};
-use crate::store::Channel;
-use crate::store::{NewUser, UserId};
-use crate::sync::{Backlog, SourceSpec};
+use crate::store::{DeviceRefusal, NewUser, UserId};
+use crate::sync::{Backlog, BacklogOwner};
 use crate::world::World;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ pub fn ping(ctx: &mut Ctx, o: &mut Origin) -> Outcome {
 pub fn hello(ctx: &mut Ctx, o: &mut Origin, version: u16) -> Outcome {
     if version != PROTOCOL_VERSION {
         o.conn.close(CloseReason::ProtocolError);
-        return refuse(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1 only");
+        return refuse(ErrorCode::UnsupportedVersion, "this server speaks protocol version 2 only");
     }
     o.conn.state = ConnState::Unauthenticated;
     let limits = ServerLimits {
@@ -32,6 +31,8 @@ pub fn hello(ctx: &mut Ctx, o: &mut Origin, version: u16) -> Outcome {
         max_frame_before_login: ctx.config.max_frame_before_login,
         max_body: ctx.config.max_body,
         idle_timeout_secs: ctx.config.idle_timeout.min(u32::MAX as u64) as u32,
+        login_timeout_secs: ctx.config.login_timeout.min(u32::MAX as u64) as u32,
+        min_kdf_iterations: ctx.config.min_kdf_iterations,
     };
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::hello_ok(b, id, &limits));
@@ -120,10 +121,13 @@ pub fn login_start(ctx: &mut Ctx, o: &mut Origin, username: &str, client_nonce: 
     Ok(())
 }
 
-pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8]) -> Outcome {
+pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64, device_name: &str) -> Outcome {
     let ConnState::Authenticating(pending) = std::mem::replace(&mut o.conn.state, ConnState::Unauthenticated) else {
         return refuse(ErrorCode::InvalidState, "LOGIN_FINISH needs a LOGIN_START first");
     };
+    if device_id == 0 || !(1..=64).contains(&device_name.chars().count()) {
+        return refuse(ErrorCode::InvalidArgument, "a device id is a nonzero u64 and its name 1 to 64 characters");
+    }
     let verified = scram::verify_proof(&pending.stored_key, &pending.auth_message, proof);
     let Some((user, name)) = pending.user.filter(|_| verified) else {
         o.conn.failed_logins += 1;
@@ -140,40 +144,36 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8]) -> Outcome {
             "this user has too many connections logged in; log out of one first",
         );
     }
-    // Read everything the session needs before answering, so a database failure leaves the
-    // connection logged out with a single error.
-    let backlog = backlog_of(ctx, user, &name)?;
+    // Everything the session needs is read or written before answering, so a database
+    // failure leaves the connection logged out with a single error.
+    let expire_before = ctx.config.device_expiry_before(ctx.now_ms);
+    let max_devices = ctx.config.max_devices as usize;
+    let device = match ctx.store.login_device(user, device_id, device_name, max_devices, expire_before, ctx.now_ms)? {
+        Ok(device) => device,
+        Err(DeviceRefusal::TooMany) => {
+            return refuse(ErrorCode::TooManyDevices, "this user has too many devices; remove one from another device");
+        }
+    };
     let store = &*ctx.store;
-    let change = ctx.world.start_session(user, &name, o.token, ctx.now, || World::snapshot(store, user))?;
+    let session = (o.token, device.id);
+    let change = ctx.world.start_session(user, &name, session, ctx.now, || World::snapshot(store, user))?;
     let signature = scram::server_signature(&pending.server_key, &pending.auth_message);
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::login_ok(b, id, &signature, &name));
     let friends: Vec<UserId> =
         ctx.world.user(user).map(|u| u.friends.values().map(|f| f.id).collect()).unwrap_or_default();
     notify::presence(ctx, &name, change, &friends);
-    o.conn.state = ConnState::Authenticated { user };
-    o.conn.backlog = Some(Box::new(backlog));
+    o.conn.state = ConnState::Authenticated { user, device: device.id };
+    o.conn.sent_through = device.delivered_up_to;
+    o.conn.backlog = Some(Box::new(Backlog::new(BacklogOwner {
+        user,
+        user_name: name.as_str().into(),
+        device: device.id,
+        position: device.delivered_up_to,
+        cap: ctx.config.device_backlog_cap,
+    })));
     log::debug!("user {user} logged in");
     Ok(())
-}
-
-/// Everything past the user's cursors, up to the newest message id now.
-fn backlog_of(ctx: &Ctx, user: UserId, name: &str) -> Result<Backlog, crate::store::StoreError> {
-    let direct_after = ctx.store.delivered_up_to(user)?;
-    let mut specs: Vec<SourceSpec> = ctx
-        .store
-        .contacts(user)?
-        .into_iter()
-        .map(|c| SourceSpec { channel: Channel::direct(user, c.peer), after: direct_after, group_id: None })
-        .collect();
-    for m in ctx.store.memberships(user)? {
-        specs.push(SourceSpec {
-            channel: Channel::group(m.group),
-            after: m.joined_after.max(direct_after),
-            group_id: Some(m.group as u64),
-        });
-    }
-    Ok(Backlog::new(user, name, direct_after, ctx.store.last_message_id(), specs))
 }
 
 /// Ends this connection's session; the last session of a user takes them offline.
@@ -190,6 +190,7 @@ pub fn logout(ctx: &mut Ctx, o: &mut Origin, user: UserId) -> Outcome {
     o.conn.state = ConnState::Unauthenticated;
     o.conn.unauthenticated_since = ctx.now;
     o.conn.backlog = None;
+    o.conn.sent_through = 0;
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
     Ok(())

@@ -3,7 +3,7 @@
 use super::{Ctx, Origin, Outcome, Refusal, check_body, name_of, refuse, take_send_token};
 use crate::outbox::{FrameKind, Outbox};
 use crate::protocol::ErrorCode;
-use crate::protocol::response::{self, Conversation, Delivery};
+use crate::protocol::response::{self, Conversation, Delivery, Receipt};
 use crate::store::{Channel, MessageId, MessageKind, NewMessage, UserId};
 use crate::world::{Token, Undelivered};
 use std::rc::Rc;
@@ -30,8 +30,15 @@ pub(super) fn store_text(
     body: &str,
 ) -> Result<(MessageId, i64), Refusal> {
     let sent_at = ctx.now_ms;
-    let message =
-        NewMessage { channel, sender: me, client_msg_id, kind: MessageKind::Text, sent_at, body: body.as_bytes() };
+    let message = NewMessage {
+        channel,
+        sender: me,
+        client_msg_id,
+        kind: MessageKind::Text,
+        sent_at,
+        body: body.as_bytes(),
+        device: o.device,
+    };
     let id = ctx.store.insert_message(&message)?;
     ctx.world.retries.remember(me, client_msg_id, id, sent_at);
     let rid = o.request_id;
@@ -39,20 +46,20 @@ pub(super) fn store_text(
     Ok((id, sent_at))
 }
 
-/// Stages one `DELIVER` frame for the recipients' connections (as items, held back during a
-/// backlog) and the sender's connections but `origin` (as plain pushes: their own messages are
-/// not part of any backlog). A frame for more than one connection is encoded once and shared.
-pub(super) fn fan_out(outbox: &mut Outbox, delivery: &Delivery, items: &[Token], senders: &[Token], origin: Token) {
-    let pushes = senders.iter().copied().filter(|&t| t != origin);
-    match (items, senders.len()) {
+/// Stages one `DELIVER` item for the recipients' connections and the sender's connections
+/// but `origin` (the sender's other devices get their own messages too, in the same id order
+/// as everything else). A frame for more than one connection is encoded once and shared.
+pub(super) fn fan_out(outbox: &mut Outbox, delivery: &Delivery, recipients: &[Token], senders: &[Token], origin: Token) {
+    let item = FrameKind::Item { id: delivery.message_id as MessageId };
+    let own = senders.iter().copied().filter(|&t| t != origin);
+    match (recipients, senders.len()) {
         ([], 0 | 1) => {}
-        (&[only], 0 | 1) => outbox.stage(only, FrameKind::Item, |b| response::deliver(b, delivery)),
+        (&[only], 0 | 1) => outbox.stage(only, item, |b| response::deliver(b, delivery)),
         _ => {
             let mut buf = Vec::new();
             response::deliver(&mut buf, delivery);
             let frame: Rc<[u8]> = buf.into();
-            outbox.stage_shared(items.iter().copied(), FrameKind::Item, &frame);
-            outbox.stage_shared(pushes, FrameKind::Push, &frame);
+            outbox.stage_shared(recipients.iter().copied().chain(own), item, &frame);
         }
     }
 }
@@ -104,9 +111,10 @@ fn check_recipient_queue(ctx: &mut Ctx, recipient: UserId) -> Outcome {
 }
 
 pub fn ack(ctx: &mut Ctx, o: &mut Origin, me: UserId, up_to: u64) -> Outcome {
-    // A cursor never passes the newest id: acknowledging the future would lose it.
-    let up_to = (up_to.min(i64::MAX as u64) as i64).min(ctx.store.last_message_id());
-    ctx.store.acknowledge(me, up_to)?;
+    // A position never passes what this connection was sent: acknowledging an id it has not
+    // received (a SENT's id, or the future) would lose the items below it.
+    let up_to = (up_to.min(i64::MAX as u64) as i64).min(o.conn.sent_through);
+    ctx.store.acknowledge(o.device, up_to, ctx.now_ms)?;
     if let Some(undelivered) = ctx.world.undelivered.get_mut(&me) {
         if undelivered.complete {
             while undelivered.ids.front().is_some_and(|&id| id <= up_to) {
@@ -129,15 +137,63 @@ pub fn read(ctx: &mut Ctx, o: &mut Origin, me: UserId, peer: &str, up_to: u64) -
     let Some(friend) = ctx.world.user(me).and_then(|u| u.friend_by_name(peer)).cloned() else {
         return refuse(ErrorCode::NotFriends, "read receipts are for conversations with friends");
     };
-    let up_to = (up_to.min(i64::MAX as u64) as i64).min(ctx.store.last_message_id());
+    // The conversation's newest message, not the server's: a receipt never names an id of
+    // another conversation.
+    let newest = ctx.store.newest_in(Channel::direct(me, friend.id))?;
+    let up_to = (up_to.min(i64::MAX as u64) as i64).min(newest);
     // A receipt that does not move forward changes nothing and is not pushed.
-    if ctx.store.set_read_up_to(me, friend.id, up_to)? {
+    if up_to > 0 && ctx.store.set_read_up_to(me, friend.id, up_to)? {
         let my_name = name_of(ctx, me);
+        let stored = store_receipts(ctx, o, me, friend.id, up_to)?;
+        let now = ctx.now_ms as u64;
         for &t in ctx.world.sessions(friend.id) {
-            ctx.outbox.stage(t, FrameKind::Push, |b| response::read_receipt(b, &my_name, up_to as u64));
+            let receipt = Receipt {
+                message_id: stored.for_peer as u64,
+                timestamp_ms: now,
+                reader: &my_name,
+                peer: &friend.name,
+                up_to_message_id: up_to as u64,
+            };
+            ctx.outbox.stage(t, FrameKind::Item { id: stored.for_peer }, |b| response::read_receipt(b, &receipt));
+        }
+        for &t in ctx.world.sessions(me).iter().filter(|&&t| t != o.token) {
+            let receipt = Receipt {
+                message_id: stored.for_me as u64,
+                timestamp_ms: now,
+                reader: &my_name,
+                peer: &friend.name,
+                up_to_message_id: up_to as u64,
+            };
+            ctx.outbox.stage(t, FrameKind::Item { id: stored.for_me }, |b| response::read_receipt(b, &receipt));
         }
     }
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
     Ok(())
+}
+
+/// The ids of a read position stored as items: in the peer's feed, and in the reader's own
+/// for their other devices.
+struct StoredReceipts {
+    for_peer: MessageId,
+    for_me: MessageId,
+}
+
+fn store_receipts(ctx: &mut Ctx, o: &Origin, me: UserId, peer: UserId, up_to: MessageId) -> Result<StoredReceipts, Refusal> {
+    let body = (up_to as u64).to_be_bytes();
+    let mut receipt = NewMessage {
+        channel: Channel::events_of(peer),
+        sender: me,
+        client_msg_id: 0,
+        kind: MessageKind::ReadByPeer,
+        sent_at: ctx.now_ms,
+        body: &body,
+        device: o.device,
+    };
+    let for_peer = ctx.store.insert_message(&receipt)?;
+    receipt.channel = Channel::events_of(me);
+    receipt.sender = peer;
+    receipt.kind = MessageKind::ReadByOwner;
+    let for_me = ctx.store.insert_message(&receipt)?;
+    Ok(StoredReceipts { for_peer, for_me })
 }

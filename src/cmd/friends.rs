@@ -1,5 +1,6 @@
 //! FRIEND_REQUEST, FRIEND_ACCEPT, FRIEND_DECLINE, FRIEND_REMOVE, FRIEND_LIST.
 
+use super::notify::FriendAction;
 use super::{Ctx, Origin, Outcome, name_of, notify, refuse};
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, FriendEvent, FriendRequestOutcome};
@@ -10,11 +11,18 @@ pub enum Answer {
     Decline,
 }
 
+/// Stores a friend action as items for both users (see [`notify::friend_event`]).
+fn tell(ctx: &mut Ctx, o: &Origin, (me, my_name): (UserId, &str), (them, their_name): (UserId, &str), event: FriendEvent) -> Outcome {
+    let action = FriendAction { actor: me, actor_name: my_name, target: them, target_name: their_name, event };
+    notify::friend_event(ctx, (o.token, o.device), &action)?;
+    Ok(())
+}
+
 /// Makes two users friends in the store and the world, and tells the other side.
-fn befriend(ctx: &mut Ctx, me: UserId, my_name: &str, them: UserId, their_name: &str) -> Outcome {
+fn befriend(ctx: &mut Ctx, o: &Origin, me: UserId, my_name: &str, them: UserId, their_name: &str) -> Outcome {
     ctx.store.make_friends(me, them, ctx.now_ms)?;
     ctx.world.add_friendship((me, my_name), (them, their_name));
-    notify::friend_event(ctx, me, my_name, them, FriendEvent::Accepted)?;
+    tell(ctx, o, (me, my_name), (them, their_name), FriendEvent::Accepted)?;
     notify::presence_of(ctx, me, my_name, them);
     notify::presence_of(ctx, them, their_name, me);
     Ok(())
@@ -35,11 +43,11 @@ pub fn request(ctx: &mut Ctx, o: &mut Origin, me: UserId, username: &str) -> Out
         return refuse(ErrorCode::RequestPending, "your friend request is already pending");
     }
     let outcome = if ctx.store.delete_request(them, me)? {
-        befriend(ctx, me, &my_name, them, &their_name)?;
+        befriend(ctx, o, me, &my_name, them, &their_name)?;
         FriendRequestOutcome::BecameFriends
     } else {
         ctx.store.insert_request(me, them, ctx.now_ms)?;
-        notify::friend_event(ctx, me, &my_name, them, FriendEvent::Requested)?;
+        tell(ctx, o, (me, &my_name), (them, &their_name), FriendEvent::Requested)?;
         FriendRequestOutcome::Requested
     };
     let id = o.request_id;
@@ -58,8 +66,8 @@ pub fn answer(ctx: &mut Ctx, o: &mut Origin, me: UserId, username: &str, answer:
     ctx.store.delete_request(them, me)?;
     let my_name = name_of(ctx, me);
     match answer {
-        Answer::Accept => befriend(ctx, me, &my_name, them, &their_name)?,
-        Answer::Decline => notify::friend_event(ctx, me, &my_name, them, FriendEvent::Declined)?,
+        Answer::Accept => befriend(ctx, o, me, &my_name, them, &their_name)?,
+        Answer::Decline => tell(ctx, o, (me, &my_name), (them, &their_name), FriendEvent::Declined)?,
     }
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
@@ -73,7 +81,7 @@ pub fn remove(ctx: &mut Ctx, o: &mut Origin, me: UserId, username: &str) -> Outc
     ctx.store.end_friendship(me, friend.id)?;
     ctx.world.remove_friendship(me, friend.id);
     let my_name = name_of(ctx, me);
-    notify::friend_event(ctx, me, &my_name, friend.id, FriendEvent::Removed)?;
+    tell(ctx, o, (me, &my_name), (friend.id, &friend.name), FriendEvent::Removed)?;
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
     Ok(())

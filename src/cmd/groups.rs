@@ -4,8 +4,8 @@ use super::chat::{answer_retry, fan_out, store_text};
 use super::{Ctx, Origin, Outcome, check_body, name_of, refuse, take_send_token};
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
-use crate::protocol::response::{self, Conversation, Delivery, GroupEntry, GroupEvent, MemberEntry};
-use crate::store::{Channel, GroupId, LOBBY_GROUP_ID, UserId};
+use crate::protocol::response::{self, Conversation, Delivery, GroupEntry, GroupEvent, GroupNotice, MemberEntry};
+use crate::store::{Channel, GroupId, LOBBY_GROUP_ID, MessageKind, NewMessage, UserId};
 use crate::world::Token;
 
 const NOT_A_MEMBER: &str = "you are not a member of that group";
@@ -25,11 +25,35 @@ fn online_sessions(ctx: &Ctx, group: GroupId) -> Vec<Token> {
     ctx.world.online_members(group).flat_map(|u| ctx.world.sessions(u).iter().copied()).collect()
 }
 
-fn group_event(ctx: &mut Ctx, group: GroupId, event: GroupEvent, username: &str) {
+/// Stores a membership change as an item of the group (so members' devices that are away get
+/// it too, in id order) and pushes it to the online members' connections but `origin`'s.
+fn group_event(ctx: &mut Ctx, o: &Origin, group: GroupId, event: GroupEvent, (who, name): (UserId, &str)) -> Outcome {
     let group_name = ctx.world.groups.get(&group).map(|g| g.name.clone()).unwrap_or_default();
-    for t in online_sessions(ctx, group) {
-        ctx.outbox.stage(t, FrameKind::Push, |b| response::group_event(b, group as u64, event, username, &group_name));
+    let kind = match event {
+        GroupEvent::Joined => MessageKind::GroupJoined,
+        GroupEvent::Left => MessageKind::GroupLeft,
+    };
+    let id = ctx.store.insert_message(&NewMessage {
+        channel: Channel::group(group),
+        sender: who,
+        client_msg_id: 0,
+        kind,
+        sent_at: ctx.now_ms,
+        body: group_name.as_bytes(),
+        device: o.device,
+    })?;
+    let notice = GroupNotice {
+        message_id: id as u64,
+        timestamp_ms: ctx.now_ms as u64,
+        group_id: group as u64,
+        event,
+        username: name,
+        group_name: &group_name,
+    };
+    for t in online_sessions(ctx, group).into_iter().filter(|&t| t != o.token) {
+        ctx.outbox.stage(t, FrameKind::Item { id }, |b| response::group_event(b, &notice));
     }
+    Ok(())
 }
 
 pub fn create(ctx: &mut Ctx, o: &mut Origin, me: UserId, name: &str) -> Outcome {
@@ -44,18 +68,24 @@ pub fn create(ctx: &mut Ctx, o: &mut Origin, me: UserId, name: &str) -> Outcome 
     Ok(())
 }
 
+/// Any member may invite a friend of theirs: a stranger cannot put anyone into groups (the
+/// friendship is the invitee's consent to be contacted by the inviter; PROTOCOL.md §6).
 pub fn invite(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, username: &str) -> Outcome {
     let group = member_group(ctx, me, group_id)?;
-    let Some((them, their_name)) = ctx.store.find_user_id(&username.to_ascii_lowercase())? else {
-        return refuse(ErrorCode::UserNotFound, "there is no user with that name");
+    if group == LOBBY_GROUP_ID {
+        return refuse(ErrorCode::AlreadyMember, "every user is a member of the lobby");
+    }
+    let Some(friend) = ctx.world.user(me).and_then(|u| u.friend_by_name(username)).cloned() else {
+        return refuse(ErrorCode::NotFriends, "you can only invite your friends");
     };
-    if ctx.store.is_member(group, them)? {
+    if ctx.store.is_member(group, friend.id)? {
         return refuse(ErrorCode::AlreadyMember, "that user is already a member");
     }
-    ctx.store.add_member(group, them, ctx.now_ms)?;
+    // The member's first item of the group is the event of their joining.
+    ctx.store.add_member(group, friend.id, ctx.now_ms)?;
     let group_name = ctx.world.groups.get(&group).map(|g| g.name.clone()).unwrap_or_default();
-    ctx.world.join_group(them, group, &group_name);
-    group_event(ctx, group, GroupEvent::Joined, &their_name);
+    ctx.world.join_group(friend.id, group, &group_name);
+    group_event(ctx, o, group, GroupEvent::Joined, (friend.id, &friend.name))?;
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
     Ok(())
@@ -66,9 +96,9 @@ pub fn leave(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64) -> Outcom
     if group == LOBBY_GROUP_ID {
         return refuse(ErrorCode::InvalidArgument, "the lobby holds every user and cannot be left");
     }
-    ctx.store.remove_member(group, me)?;
     let my_name = name_of(ctx, me);
-    group_event(ctx, group, GroupEvent::Left, &my_name);
+    group_event(ctx, o, group, GroupEvent::Left, (me, &my_name))?;
+    ctx.store.remove_member(group, me)?;
     ctx.world.leave_group(me, group);
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));

@@ -1,15 +1,26 @@
-//! HISTORY: pages of a conversation, newest first, for its participants only.
+//! HISTORY: pages of a conversation, older or newer from an anchor, for its participants only.
 
 use super::{Ctx, Origin, Outcome, refuse};
 use crate::protocol::ErrorCode;
-use crate::protocol::request::HistoryTarget;
+use crate::protocol::request::{Direction, HistoryTarget};
 use crate::protocol::response::{self, HistoryEntry};
-use crate::store::{Channel, UserId};
+use crate::store::{Channel, HistoryDirection, UserId};
 
 pub const MAX_LIMIT: u16 = 200;
+/// Bytes of bodies a page stops before (PROTOCOL.md §6): below the write queue's soft limit,
+/// so one legal page never makes a fast reader look slow.
+pub const MAX_PAGE_BYTES: usize = 128 * 1024;
 const NOT_A_PARTICIPANT: &str = "you are not a participant of that conversation";
 
-pub fn page(ctx: &mut Ctx, o: &mut Origin, me: UserId, target: HistoryTarget, before: u64, limit: u16) -> Outcome {
+pub fn page(
+    ctx: &mut Ctx,
+    o: &mut Origin,
+    me: UserId,
+    target: HistoryTarget,
+    direction: Direction,
+    anchor: u64,
+    limit: u16,
+) -> Outcome {
     if !(1..=MAX_LIMIT).contains(&limit) {
         return refuse(ErrorCode::InvalidArgument, "limit must be 1 to 200");
     }
@@ -31,16 +42,15 @@ pub fn page(ctx: &mut Ctx, o: &mut Origin, me: UserId, target: HistoryTarget, be
             Channel::group(group)
         }
     };
-    let before = if before == 0 { i64::MAX } else { before.min(i64::MAX as u64) as i64 };
-    // One row more than asked tells whether another page exists.
-    let mut rows = ctx.store.history(channel, before, limit as usize + 1)?;
-    let next_before = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map_or(0, |r| r.id as u64)
-    } else {
-        0
+    let direction = match direction {
+        Direction::Older => HistoryDirection::Older,
+        Direction::Newer => HistoryDirection::Newer,
     };
-    let entries: Vec<HistoryEntry> = rows
+    let anchor = anchor.min(i64::MAX as u64) as i64;
+    let page = ctx.store.history(channel, direction, anchor, limit as usize, MAX_PAGE_BYTES)?;
+    let next = if page.more { page.rows.last().map_or(0, |r| r.id as u64) } else { 0 };
+    let entries: Vec<HistoryEntry> = page
+        .rows
         .into_iter()
         .map(|r| HistoryEntry {
             message_id: r.id as u64,
@@ -50,6 +60,6 @@ pub fn page(ctx: &mut Ctx, o: &mut Origin, me: UserId, target: HistoryTarget, be
         })
         .collect();
     let rid = o.request_id;
-    ctx.outbox.respond(o.token, rid, |b| response::history_page(b, rid, &entries, next_before));
+    ctx.outbox.respond(o.token, rid, |b| response::history_page(b, rid, &entries, next));
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod chat;
+mod devices;
 mod friends;
 mod groups;
 mod history;
@@ -15,7 +16,7 @@ use crate::config::Config;
 use crate::conn::{Conn, ConnState};
 use crate::outbox::Outbox;
 use crate::protocol::{ErrorCode, FrameHeader, Request, response};
-use crate::store::{Store, StoreError, UserId};
+use crate::store::{DeviceId, Store, StoreError, UserId};
 use crate::world::{Token, World};
 
 /// Everything a command may touch besides its own connection.
@@ -35,6 +36,9 @@ pub struct Ctx<'a> {
 pub struct Origin<'c> {
     pub token: Token,
     pub request_id: u32,
+    /// The device of a logged-in connection (0 before login): what it makes is not sent back
+    /// to it as an item.
+    pub device: DeviceId,
     pub conn: &'c mut Conn,
 }
 
@@ -64,7 +68,8 @@ pub fn dispatch(ctx: &mut Ctx, token: Token, conn: &mut Conn, frame: FrameHeader
     ctx.store.begin_batch();
     let writes_before = ctx.store.write_count();
     let request_id = frame.request_id;
-    let mut origin = Origin { token, request_id, conn };
+    let device = conn.device().unwrap_or(0);
+    let mut origin = Origin { token, request_id, device, conn };
     let outcome = match Request::decode(frame.opcode, frame.body) {
         Ok(request) => route(ctx, &mut origin, request),
         Err(e) => refuse(ErrorCode::MalformedFrame, e.describe()),
@@ -102,11 +107,13 @@ fn route(ctx: &mut Ctx, o: &mut Origin, request: Request) -> Outcome {
         (ConnState::Unauthenticated, R::LoginStart { username, client_nonce }) => {
             auth::login_start(ctx, o, username, client_nonce)
         }
-        (ConnState::Authenticating(_), R::LoginFinish { client_proof }) => auth::login_finish(ctx, o, client_proof),
+        (ConnState::Authenticating(_), R::LoginFinish { client_proof, device_id, device_name }) => {
+            auth::login_finish(ctx, o, client_proof, device_id, device_name)
+        }
         (_, R::Register(_) | R::LoginStart { .. } | R::LoginFinish { .. }) => {
             refuse(ErrorCode::InvalidState, "that login step is not expected now")
         }
-        (&ConnState::Authenticated { user }, request) => authenticated(ctx, o, user, request),
+        (&ConnState::Authenticated { user, .. }, request) => authenticated(ctx, o, user, request),
         (_, _) => refuse(ErrorCode::NotAuthenticated, "log in first"),
     }
 }
@@ -123,8 +130,8 @@ fn authenticated(ctx: &mut Ctx, o: &mut Origin, user: UserId, request: Request) 
         R::Send { to, client_msg_id, body } => chat::send(ctx, o, user, to, client_msg_id, body),
         R::Ack { up_to_message_id } => chat::ack(ctx, o, user, up_to_message_id),
         R::Read { peer, up_to_message_id } => chat::read(ctx, o, user, peer, up_to_message_id),
-        R::History { target, before_message_id, limit } => {
-            history::page(ctx, o, user, target, before_message_id, limit)
+        R::History { target, direction, from_message_id, limit } => {
+            history::page(ctx, o, user, target, direction, from_message_id, limit)
         }
         R::GroupCreate { name } => groups::create(ctx, o, user, name),
         R::GroupInvite { group_id, username } => groups::invite(ctx, o, user, group_id, username),
@@ -132,6 +139,8 @@ fn authenticated(ctx: &mut Ctx, o: &mut Origin, user: UserId, request: Request) 
         R::GroupMembers { group_id } => groups::members(ctx, o, user, group_id),
         R::GroupList => groups::list(ctx, o, user),
         R::GroupSend { group_id, client_msg_id, body } => groups::send(ctx, o, user, group_id, client_msg_id, body),
+        R::DeviceList => devices::list(ctx, o, user),
+        R::DeviceRemove { device_id } => devices::remove(ctx, o, user, device_id),
         // Routed before a logged-in user is looked at; answered the same way for safety.
         R::Hello { .. }
         | R::Ping

@@ -11,7 +11,7 @@ use super::codec::{DecodeError, FrameWriter, Reader};
 use super::error_code::ErrorCode;
 use super::frame::{self, FrameCheck, FrameHeader};
 use super::opcode as op;
-use super::request::{HistoryTarget, Registration};
+use super::request::{Direction, HistoryTarget, Registration};
 
 pub fn hello(buf: &mut Vec<u8>, request_id: u32, version: u16) {
     FrameWriter::new(buf, op::HELLO, request_id).u16(version).finish();
@@ -35,8 +35,8 @@ pub fn login_start(buf: &mut Vec<u8>, request_id: u32, username: &str, client_no
     FrameWriter::new(buf, op::LOGIN_START, request_id).str(username).bytes(client_nonce).finish();
 }
 
-pub fn login_finish(buf: &mut Vec<u8>, request_id: u32, client_proof: &[u8]) {
-    FrameWriter::new(buf, op::LOGIN_FINISH, request_id).bytes(client_proof).finish();
+pub fn login_finish(buf: &mut Vec<u8>, request_id: u32, client_proof: &[u8], device_id: u64, device_name: &str) {
+    FrameWriter::new(buf, op::LOGIN_FINISH, request_id).bytes(client_proof).u64(device_id).str(device_name).finish();
 }
 
 pub fn logout(buf: &mut Vec<u8>, request_id: u32) {
@@ -71,13 +71,24 @@ pub fn ack(buf: &mut Vec<u8>, request_id: u32, up_to_message_id: u64) {
     FrameWriter::new(buf, op::ACK, request_id).u64(up_to_message_id).finish();
 }
 
-pub fn history(buf: &mut Vec<u8>, request_id: u32, target: HistoryTarget, before_message_id: u64, limit: u16) {
+pub fn history(
+    buf: &mut Vec<u8>,
+    request_id: u32,
+    target: HistoryTarget,
+    direction: Direction,
+    from_message_id: u64,
+    limit: u16,
+) {
     let w = FrameWriter::new(buf, op::HISTORY, request_id);
     let w = match target {
         HistoryTarget::Direct { peer } => w.u8(0).str(peer),
         HistoryTarget::Group { group_id } => w.u8(1).u64(group_id),
     };
-    w.u64(before_message_id).u16(limit).finish();
+    let direction = match direction {
+        Direction::Older => 0,
+        Direction::Newer => 1,
+    };
+    w.u8(direction).u64(from_message_id).u16(limit).finish();
 }
 
 pub fn read(buf: &mut Vec<u8>, request_id: u32, peer: &str, up_to_message_id: u64) {
@@ -106,6 +117,14 @@ pub fn group_list(buf: &mut Vec<u8>, request_id: u32) {
 
 pub fn group_send(buf: &mut Vec<u8>, request_id: u32, group_id: u64, client_msg_id: u64, body: &str) {
     FrameWriter::new(buf, op::GROUP_SEND, request_id).u64(group_id).u64(client_msg_id).str(body).finish();
+}
+
+pub fn device_list(buf: &mut Vec<u8>, request_id: u32) {
+    FrameWriter::new(buf, op::DEVICE_LIST, request_id).finish();
+}
+
+pub fn device_remove(buf: &mut Vec<u8>, request_id: u32, device_id: u64) {
+    FrameWriter::new(buf, op::DEVICE_REMOVE, request_id).u64(device_id).finish();
 }
 
 /// Why a server frame was refused by the strict decoder.
@@ -173,6 +192,16 @@ pub struct GroupRow<'a> {
     pub members: u32,
 }
 
+/// One row of `DEVICE_LIST_RESULT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRow<'a> {
+    pub device_id: u64,
+    pub name: &'a str,
+    pub last_seen_ms: u64,
+    pub online: bool,
+    pub current: bool,
+}
+
 /// Every response (0x80–0xBF) and push (0xC0–0xFF) of PROTOCOL.md §3, borrowing from the frame.
 ///
 /// Lists (friends, history, members, groups) are collected into vectors; every other frame
@@ -187,6 +216,8 @@ pub enum ServerFrame<'a> {
         max_frame_before_login: u32,
         max_body: u32,
         idle_timeout_secs: u32,
+        login_timeout_secs: u32,
+        min_kdf_iterations: u32,
     },
     Pong,
     /// An error that clears by itself; the request may be repeated after `retry_after_ms`.
@@ -223,7 +254,7 @@ pub enum ServerFrame<'a> {
     },
     HistoryPage {
         rows: Vec<HistoryRow<'a>>,
-        next_before: u64,
+        next: u64,
     },
     GroupCreated {
         group_id: u64,
@@ -235,6 +266,9 @@ pub enum ServerFrame<'a> {
     GroupListResult {
         groups: Vec<GroupRow<'a>>,
     },
+    DeviceListResult {
+        devices: Vec<DeviceRow<'a>>,
+    },
     Deliver {
         message_id: u64,
         timestamp_ms: u64,
@@ -242,7 +276,7 @@ pub enum ServerFrame<'a> {
         target: DeliverTarget<'a>,
         body: &'a str,
     },
-    /// `event`: 1 asked, 2 accepted, 3 declined, 4 removed.
+    /// `event`: 1 asked, 2 accepted, 3 declined, 4 removed; 5–8 the same done by you elsewhere.
     FriendEvent {
         message_id: u64,
         timestamp_ms: u64,
@@ -254,7 +288,10 @@ pub enum ServerFrame<'a> {
         online: bool,
     },
     ReadReceipt {
-        username: &'a str,
+        message_id: u64,
+        timestamp_ms: u64,
+        reader: &'a str,
+        peer: &'a str,
         up_to_message_id: u64,
     },
     SyncDone {
@@ -262,10 +299,17 @@ pub enum ServerFrame<'a> {
     },
     /// `event`: 1 joined, 2 left.
     GroupEvent {
+        message_id: u64,
+        timestamp_ms: u64,
         group_id: u64,
         event: u8,
         username: &'a str,
         group_name: &'a str,
+    },
+    SyncGap {
+        after_message_id: u64,
+        up_to_message_id: u64,
+        skipped: u32,
     },
 }
 
@@ -297,6 +341,8 @@ impl<'a> ServerFrame<'a> {
                 max_frame_before_login: r.u32()?,
                 max_body: r.u32()?,
                 idle_timeout_secs: r.u32()?,
+                login_timeout_secs: r.u32()?,
+                min_kdf_iterations: r.u32()?,
             },
             op::PONG => ServerFrame::Pong,
             op::RETRY_LATER => ServerFrame::RetryLater {
@@ -339,7 +385,7 @@ impl<'a> ServerFrame<'a> {
                         body: r.str()?,
                     });
                 }
-                ServerFrame::HistoryPage { rows, next_before: r.u64()? }
+                ServerFrame::HistoryPage { rows, next: r.u64()? }
             }
             op::GROUP_CREATED => ServerFrame::GroupCreated { group_id: r.u64()? },
             op::GROUP_MEMBERS_RESULT => {
@@ -357,6 +403,19 @@ impl<'a> ServerFrame<'a> {
                 }
                 ServerFrame::GroupListResult { groups }
             }
+            op::DEVICE_LIST_RESULT => {
+                let mut devices = Vec::new();
+                for _ in 0..r.u16()? {
+                    devices.push(DeviceRow {
+                        device_id: r.u64()?,
+                        name: r.str()?,
+                        last_seen_ms: r.u64()?,
+                        online: flag(&mut r)?,
+                        current: flag(&mut r)?,
+                    });
+                }
+                ServerFrame::DeviceListResult { devices }
+            }
             op::DELIVER => {
                 let message_id = r.u64()?;
                 let timestamp_ms = r.u64()?;
@@ -371,18 +430,29 @@ impl<'a> ServerFrame<'a> {
             op::FRIEND_EVENT => ServerFrame::FriendEvent {
                 message_id: r.u64()?,
                 timestamp_ms: r.u64()?,
-                event: in_range(r.u8()?, 1, 4)?,
+                event: in_range(r.u8()?, 1, 8)?,
                 username: r.str()?,
             },
             op::PRESENCE => ServerFrame::Presence { username: r.str()?, online: flag(&mut r)? },
-            op::READ_RECEIPT => ServerFrame::ReadReceipt { username: r.str()?, up_to_message_id: r.u64()? },
+            op::READ_RECEIPT => ServerFrame::ReadReceipt {
+                message_id: r.u64()?,
+                timestamp_ms: r.u64()?,
+                reader: r.str()?,
+                peer: r.str()?,
+                up_to_message_id: r.u64()?,
+            },
             op::SYNC_DONE => ServerFrame::SyncDone { count: r.u32()? },
             op::GROUP_EVENT => ServerFrame::GroupEvent {
+                message_id: r.u64()?,
+                timestamp_ms: r.u64()?,
                 group_id: r.u64()?,
                 event: in_range(r.u8()?, 1, 2)?,
                 username: r.str()?,
                 group_name: r.str()?,
             },
+            op::SYNC_GAP => {
+                ServerFrame::SyncGap { after_message_id: r.u64()?, up_to_message_id: r.u64()?, skipped: r.u32()? }
+            }
             other => return Err(ServerFrameError::UnknownOpcode(other)),
         };
         r.finish()?;
@@ -417,8 +487,8 @@ mod tests {
     use super::*;
     use crate::protocol::Request;
     use crate::protocol::response::{
-        self, Conversation, Delivery, FriendEvent, FriendRequestOutcome, GroupEntry, GroupEvent, HistoryEntry,
-        MemberEntry, ServerLimits,
+        self, Conversation, DeviceEntry, Delivery, FriendEvent, FriendRequestOutcome, GroupEntry, GroupEvent,
+        GroupNotice, HistoryEntry, MemberEntry, Receipt, ServerLimits,
     };
 
     /// Decodes exactly one frame from `buf`, which must hold nothing else.
@@ -440,20 +510,28 @@ mod tests {
 
     #[test]
     fn decodes_every_response() {
-        let limits =
-            ServerLimits { max_frame: 65536, max_frame_before_login: 4096, max_body: 4096, idle_timeout_secs: 120 };
+        let limits = ServerLimits {
+            max_frame: 65536,
+            max_frame_before_login: 4096,
+            max_body: 4096,
+            idle_timeout_secs: 120,
+            login_timeout_secs: 10,
+            min_kdf_iterations: 100_000,
+        };
         check(|b| response::ok(b, 3), 3, ServerFrame::Ok);
         check(|b| response::pong(b, 4), 4, ServerFrame::Pong);
         check(
             |b| response::hello_ok(b, 1, &limits),
             1,
             ServerFrame::HelloOk {
-                version: 1,
+                version: 2,
                 server: concat!("im-server ", env!("CARGO_PKG_VERSION")),
                 max_frame: 65536,
                 max_frame_before_login: 4096,
                 max_body: 4096,
                 idle_timeout_secs: 120,
+                login_timeout_secs: 10,
+                min_kdf_iterations: 100_000,
             },
         );
         check(
@@ -502,7 +580,7 @@ mod tests {
             10,
             ServerFrame::HistoryPage {
                 rows: vec![HistoryRow { message_id: 3, timestamp_ms: 4, sender: "bob", body: "hé" }],
-                next_before: 2,
+                next: 2,
             },
         );
         check(|b| response::group_created(b, 11, 77), 11, ServerFrame::GroupCreated { group_id: 77 });
@@ -521,6 +599,15 @@ mod tests {
             13,
             ServerFrame::GroupListResult {
                 groups: vec![GroupRow { group_id: 1, name: "lobby", owner: "", members: 3 }],
+            },
+        );
+        let devices =
+            vec![DeviceEntry { device_id: 7, name: "phone".into(), last_seen_ms: 9, online: true, current: false }];
+        check(
+            |b| response::device_list(b, 14, &devices),
+            14,
+            ServerFrame::DeviceListResult {
+                devices: vec![DeviceRow { device_id: 7, name: "phone", last_seen_ms: 9, online: true, current: false }],
             },
         );
     }
@@ -563,16 +650,42 @@ mod tests {
             ServerFrame::FriendEvent { message_id: 5, timestamp_ms: 6, event: 3, username: "bob" },
         );
         check(|b| response::presence(b, "bob", true), 0, ServerFrame::Presence { username: "bob", online: true });
+        let receipt = Receipt { message_id: 9, timestamp_ms: 10, reader: "bob", peer: "al", up_to_message_id: 8 };
         check(
-            |b| response::read_receipt(b, "bob", 8),
+            |b| response::read_receipt(b, &receipt),
             0,
-            ServerFrame::ReadReceipt { username: "bob", up_to_message_id: 8 },
+            ServerFrame::ReadReceipt { message_id: 9, timestamp_ms: 10, reader: "bob", peer: "al", up_to_message_id: 8 },
+        );
+        check(
+            |b| response::friend_event(b, 5, 6, FriendEvent::YouRemoved, "bob"),
+            0,
+            ServerFrame::FriendEvent { message_id: 5, timestamp_ms: 6, event: 8, username: "bob" },
+        );
+        check(
+            |b| response::sync_gap(b, 3, 900, 800),
+            0,
+            ServerFrame::SyncGap { after_message_id: 3, up_to_message_id: 900, skipped: 800 },
         );
         check(|b| response::sync_done(b, 100_000), 0, ServerFrame::SyncDone { count: 100_000 });
+        let notice = GroupNotice {
+            message_id: 11,
+            timestamp_ms: 12,
+            group_id: 9,
+            event: GroupEvent::Left,
+            username: "bob",
+            group_name: "team",
+        };
         check(
-            |b| response::group_event(b, 9, GroupEvent::Left, "bob", "team"),
+            |b| response::group_event(b, &notice),
             0,
-            ServerFrame::GroupEvent { group_id: 9, event: 2, username: "bob", group_name: "team" },
+            ServerFrame::GroupEvent {
+                message_id: 11,
+                timestamp_ms: 12,
+                group_id: 9,
+                event: 2,
+                username: "bob",
+                group_name: "team",
+            },
         );
     }
 
@@ -623,7 +736,7 @@ mod tests {
             stored_key: &[2; 32],
             server_key: &[3; 32],
         };
-        round_trip(|b| hello(b, 1, 1), 1, Request::Hello { version: 1 });
+        round_trip(|b| hello(b, 1, 2), 1, Request::Hello { version: 2 });
         round_trip(|b| ping(b, 2), 2, Request::Ping);
         round_trip(|b| register(b, 3, &reg), 3, Request::Register(reg));
         round_trip(
@@ -631,7 +744,11 @@ mod tests {
             4,
             Request::LoginStart { username: "alice", client_nonce: &[5; 16] },
         );
-        round_trip(|b| login_finish(b, 5, &[6; 32]), 5, Request::LoginFinish { client_proof: &[6; 32] });
+        round_trip(
+            |b| login_finish(b, 5, &[6; 32], 77, "phone"),
+            5,
+            Request::LoginFinish { client_proof: &[6; 32], device_id: 77, device_name: "phone" },
+        );
         round_trip(|b| logout(b, 6), 6, Request::Logout);
         round_trip(|b| friend_request(b, 7, "bob"), 7, Request::FriendRequest { username: "bob" });
         round_trip(|b| friend_accept(b, 8, "bob"), 8, Request::FriendAccept { username: "bob" });
@@ -645,11 +762,13 @@ mod tests {
         );
         round_trip(|b| ack(b, 13, 99), 13, Request::Ack { up_to_message_id: 99 });
         for target in [HistoryTarget::Direct { peer: "bob" }, HistoryTarget::Group { group_id: 4 }] {
-            round_trip(
-                |b| history(b, 14, target, 50, 20),
-                14,
-                Request::History { target, before_message_id: 50, limit: 20 },
-            );
+            for direction in [Direction::Older, Direction::Newer] {
+                round_trip(
+                    |b| history(b, 14, target, direction, 50, 20),
+                    14,
+                    Request::History { target, direction, from_message_id: 50, limit: 20 },
+                );
+            }
         }
         round_trip(|b| read(b, 15, "bob", 7), 15, Request::Read { peer: "bob", up_to_message_id: 7 });
         round_trip(|b| group_create(b, 16, "team"), 16, Request::GroupCreate { name: "team" });
@@ -662,14 +781,16 @@ mod tests {
             21,
             Request::GroupSend { group_id: 4, client_msg_id: 8, body: "yo" },
         );
+        round_trip(|b| device_list(b, 22), 22, Request::DeviceList);
+        round_trip(|b| device_remove(b, 23, 7), 23, Request::DeviceRemove { device_id: 7 });
     }
 
     /// The request bytes of PROTOCOL.md §7.
     #[test]
     fn matches_the_protocol_example_bytes() {
         let mut buf = Vec::new();
-        hello(&mut buf, 1, 1);
-        assert_eq!(hex::encode(&buf), "0000000701000000010001");
+        hello(&mut buf, 1, 2);
+        assert_eq!(hex::encode(&buf), "0000000701000000010002");
         buf.clear();
         ping(&mut buf, 2);
         assert_eq!(hex::encode(&buf), "000000050200000002");

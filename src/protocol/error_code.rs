@@ -34,11 +34,13 @@ pub enum ErrorCode {
     RecipientQueueFull = 28,
     TooManySessions = 29,
     LoginTimeout = 30,
+    TooManyDevices = 31,
+    NoSuchDevice = 32,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 30] = {
+    pub const ALL: [ErrorCode; 32] = {
         use ErrorCode::*;
         [
             MalformedFrame,
@@ -71,6 +73,8 @@ impl ErrorCode {
             RecipientQueueFull,
             TooManySessions,
             LoginTimeout,
+            TooManyDevices,
+            NoSuchDevice,
         ]
     };
 
@@ -94,6 +98,6 @@ mod tests {
             assert_eq!(code.code() as usize, i + 1);
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(31), None);
+        assert_eq!(ErrorCode::from_u16(ErrorCode::ALL.len() as u16 + 1), None);
     }
 }

@@ -15,4 +15,4 @@ pub use frame::{FrameCheck, FrameHeader};
 pub use request::Request;
 
 /// The protocol version this server speaks; `HELLO` must carry it.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;

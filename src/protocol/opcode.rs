@@ -22,6 +22,8 @@ pub const GROUP_LEAVE: u8 = 0x32;
 pub const GROUP_MEMBERS: u8 = 0x33;
 pub const GROUP_LIST: u8 = 0x34;
 pub const GROUP_SEND: u8 = 0x35;
+pub const DEVICE_LIST: u8 = 0x40;
+pub const DEVICE_REMOVE: u8 = 0x41;
 
 pub const OK: u8 = 0x80;
 pub const HELLO_OK: u8 = 0x81;
@@ -37,6 +39,7 @@ pub const GROUP_CREATED: u8 = 0x8A;
 pub const GROUP_MEMBERS_RESULT: u8 = 0x8B;
 pub const GROUP_LIST_RESULT: u8 = 0x8C;
 pub const RETRY_LATER: u8 = 0x8D;
+pub const DEVICE_LIST_RESULT: u8 = 0x8E;
 
 pub const DELIVER: u8 = 0xC0;
 pub const FRIEND_EVENT: u8 = 0xC1;
@@ -44,6 +47,7 @@ pub const PRESENCE: u8 = 0xC2;
 pub const READ_RECEIPT: u8 = 0xC3;
 pub const SYNC_DONE: u8 = 0xC4;
 pub const GROUP_EVENT: u8 = 0xC5;
+pub const SYNC_GAP: u8 = 0xC6;
 
 /// Whether a server frame's opcode marks it as a push rather than a response.
 pub fn is_push(opcode: u8) -> bool {

@@ -10,6 +10,15 @@ pub enum HistoryTarget<'a> {
     Group { group_id: u64 },
 }
 
+/// Which way a `HISTORY` page reads from its anchor id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Ids below the anchor, newest first.
+    Older,
+    /// Ids above the anchor, oldest first.
+    Newer,
+}
+
 /// A decoded request, borrowing its strings from the read buffer.
 ///
 /// An opcode outside the request table decodes to [`Request::Unknown`], a value that earns an
@@ -20,7 +29,7 @@ pub enum Request<'a> {
     Ping,
     Register(Registration<'a>),
     LoginStart { username: &'a str, client_nonce: &'a [u8] },
-    LoginFinish { client_proof: &'a [u8] },
+    LoginFinish { client_proof: &'a [u8], device_id: u64, device_name: &'a str },
     Logout,
     FriendRequest { username: &'a str },
     FriendAccept { username: &'a str },
@@ -29,7 +38,7 @@ pub enum Request<'a> {
     FriendList,
     Send { to: &'a str, client_msg_id: u64, body: &'a str },
     Ack { up_to_message_id: u64 },
-    History { target: HistoryTarget<'a>, before_message_id: u64, limit: u16 },
+    History { target: HistoryTarget<'a>, direction: Direction, from_message_id: u64, limit: u16 },
     Read { peer: &'a str, up_to_message_id: u64 },
     GroupCreate { name: &'a str },
     GroupInvite { group_id: u64, username: &'a str },
@@ -37,6 +46,8 @@ pub enum Request<'a> {
     GroupMembers { group_id: u64 },
     GroupList,
     GroupSend { group_id: u64, client_msg_id: u64, body: &'a str },
+    DeviceList,
+    DeviceRemove { device_id: u64 },
     Unknown { opcode: u8 },
 }
 
@@ -65,7 +76,9 @@ impl<'a> Request<'a> {
                 server_key: r.bytes()?,
             }),
             op::LOGIN_START => Request::LoginStart { username: r.str()?, client_nonce: r.bytes()? },
-            op::LOGIN_FINISH => Request::LoginFinish { client_proof: r.bytes()? },
+            op::LOGIN_FINISH => {
+                Request::LoginFinish { client_proof: r.bytes()?, device_id: r.u64()?, device_name: r.str()? }
+            }
             op::LOGOUT => Request::Logout,
             op::FRIEND_REQUEST => Request::FriendRequest { username: r.str()? },
             op::FRIEND_ACCEPT => Request::FriendAccept { username: r.str()? },
@@ -80,7 +93,12 @@ impl<'a> Request<'a> {
                     1 => HistoryTarget::Group { group_id: r.u64()? },
                     _ => return Err(DecodeError::BadValue),
                 };
-                Request::History { target, before_message_id: r.u64()?, limit: r.u16()? }
+                let direction = match r.u8()? {
+                    0 => Direction::Older,
+                    1 => Direction::Newer,
+                    _ => return Err(DecodeError::BadValue),
+                };
+                Request::History { target, direction, from_message_id: r.u64()?, limit: r.u16()? }
             }
             op::READ => Request::Read { peer: r.str()?, up_to_message_id: r.u64()? },
             op::GROUP_CREATE => Request::GroupCreate { name: r.str()? },
@@ -89,6 +107,8 @@ impl<'a> Request<'a> {
             op::GROUP_MEMBERS => Request::GroupMembers { group_id: r.u64()? },
             op::GROUP_LIST => Request::GroupList,
             op::GROUP_SEND => Request::GroupSend { group_id: r.u64()?, client_msg_id: r.u64()?, body: r.str()? },
+            op::DEVICE_LIST => Request::DeviceList,
+            op::DEVICE_REMOVE => Request::DeviceRemove { device_id: r.u64()? },
             other => return Ok(Request::Unknown { opcode: other }),
         };
         r.finish()?;
@@ -119,12 +139,20 @@ mod tests {
     #[test]
     fn decodes_history_targets_and_rejects_bad_kind() {
         let mut buf = Vec::new();
-        FrameWriter::new(&mut buf, op::HISTORY, 1).u8(1).u64(5).u64(0).u16(20).finish();
+        FrameWriter::new(&mut buf, op::HISTORY, 1).u8(1).u64(5).u8(1).u64(0).u16(20).finish();
         assert_eq!(
             Request::decode(op::HISTORY, body_of(&buf)),
-            Ok(Request::History { target: HistoryTarget::Group { group_id: 5 }, before_message_id: 0, limit: 20 })
+            Ok(Request::History {
+                target: HistoryTarget::Group { group_id: 5 },
+                direction: Direction::Newer,
+                from_message_id: 0,
+                limit: 20
+            })
         );
         assert_eq!(Request::decode(op::HISTORY, &[2, 0, 0]), Err(DecodeError::BadValue));
+        let mut buf = Vec::new();
+        FrameWriter::new(&mut buf, op::HISTORY, 1).u8(1).u64(5).u8(2).u64(0).u16(20).finish();
+        assert_eq!(Request::decode(op::HISTORY, body_of(&buf)), Err(DecodeError::BadValue));
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct ServerLimits {
     pub max_frame_before_login: u32,
     pub max_body: u32,
     pub idle_timeout_secs: u32,
+    pub login_timeout_secs: u32,
+    pub min_kdf_iterations: u32,
 }
 
 pub fn ok(buf: &mut Vec<u8>, request_id: u32) {
@@ -32,6 +34,8 @@ pub fn hello_ok(buf: &mut Vec<u8>, request_id: u32, limits: &ServerLimits) {
         .u32(limits.max_frame_before_login)
         .u32(limits.max_body)
         .u32(limits.idle_timeout_secs)
+        .u32(limits.login_timeout_secs)
+        .u32(limits.min_kdf_iterations)
         .finish();
 }
 
@@ -99,12 +103,12 @@ pub struct HistoryEntry {
     pub body: String,
 }
 
-pub fn history_page(buf: &mut Vec<u8>, request_id: u32, entries: &[HistoryEntry], next_before: u64) {
+pub fn history_page(buf: &mut Vec<u8>, request_id: u32, entries: &[HistoryEntry], next: u64) {
     let mut w = FrameWriter::new(buf, op::HISTORY_PAGE, request_id).u16(entries.len() as u16);
     for e in entries {
         w = w.u64(e.message_id).u64(e.timestamp_ms).str(&e.sender).str(&e.body);
     }
-    w.u64(next_before).finish();
+    w.u64(next).finish();
 }
 
 pub fn group_created(buf: &mut Vec<u8>, request_id: u32, group_id: u64) {
@@ -170,7 +174,8 @@ pub fn deliver(buf: &mut Vec<u8>, d: &Delivery) {
     w.bytes(d.body).finish();
 }
 
-/// `FRIEND_EVENT` kinds; the numbers are on the wire and in the store.
+/// `FRIEND_EVENT` kinds; the numbers are on the wire and in the store. 1–4 tell a user what
+/// someone did to them; 5–8 tell a user's other devices what the user did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FriendEvent {
@@ -178,16 +183,28 @@ pub enum FriendEvent {
     Accepted = 2,
     Declined = 3,
     Removed = 4,
+    YouRequested = 5,
+    YouAccepted = 6,
+    YouDeclined = 7,
+    YouRemoved = 8,
 }
 
 impl FriendEvent {
     pub fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(FriendEvent::Requested),
-            2 => Some(FriendEvent::Accepted),
-            3 => Some(FriendEvent::Declined),
-            4 => Some(FriendEvent::Removed),
-            _ => None,
+        use FriendEvent::*;
+        [Requested, Accepted, Declined, Removed, YouRequested, YouAccepted, YouDeclined, YouRemoved]
+            .into_iter()
+            .find(|e| *e as u8 == v)
+    }
+
+    /// The event the actor's other devices get for the event its target gets.
+    pub fn for_actor(self) -> FriendEvent {
+        use FriendEvent::*;
+        match self {
+            Requested | YouRequested => YouRequested,
+            Accepted | YouAccepted => YouAccepted,
+            Declined | YouDeclined => YouDeclined,
+            Removed | YouRemoved => YouRemoved,
         }
     }
 }
@@ -205,8 +222,50 @@ pub fn presence(buf: &mut Vec<u8>, username: &str, online: bool) {
     FrameWriter::new(buf, op::PRESENCE, PUSH_ID).str(username).u8(online as u8).finish();
 }
 
-pub fn read_receipt(buf: &mut Vec<u8>, username: &str, up_to_message_id: u64) {
-    FrameWriter::new(buf, op::READ_RECEIPT, PUSH_ID).str(username).u64(up_to_message_id).finish();
+/// A read position as an item: `reader` has read the conversation with `peer` up to an id.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt<'a> {
+    pub message_id: u64,
+    pub timestamp_ms: u64,
+    pub reader: &'a str,
+    pub peer: &'a str,
+    pub up_to_message_id: u64,
+}
+
+pub fn read_receipt(buf: &mut Vec<u8>, r: &Receipt) {
+    FrameWriter::new(buf, op::READ_RECEIPT, PUSH_ID)
+        .u64(r.message_id)
+        .u64(r.timestamp_ms)
+        .str(r.reader)
+        .str(r.peer)
+        .u64(r.up_to_message_id)
+        .finish();
+}
+
+/// Tells a device that items in `(after, up_to]` were skipped (PROTOCOL.md §6, "Long absences").
+pub fn sync_gap(buf: &mut Vec<u8>, after: u64, up_to: u64, skipped: u32) {
+    FrameWriter::new(buf, op::SYNC_GAP, PUSH_ID).u64(after).u64(up_to).u32(skipped).finish();
+}
+
+/// One row of `DEVICE_LIST_RESULT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEntry {
+    pub device_id: u64,
+    pub name: String,
+    pub last_seen_ms: u64,
+    pub online: bool,
+    pub current: bool,
+}
+
+/// `DEVICE_LIST_RESULT`; the caller keeps the list within `--max-devices` (at most 1,000), so
+/// the count always fits its `u16`.
+pub fn device_list(buf: &mut Vec<u8>, request_id: u32, devices: &[DeviceEntry]) {
+    let count = u16::try_from(devices.len()).expect("--max-devices is at most 1,000");
+    let mut w = FrameWriter::new(buf, op::DEVICE_LIST_RESULT, request_id).u16(count);
+    for d in devices {
+        w = w.u64(d.device_id).str(&d.name).u64(d.last_seen_ms).u8(d.online as u8).u8(d.current as u8);
+    }
+    w.finish();
 }
 
 pub fn sync_done(buf: &mut Vec<u8>, count: u32) {
@@ -221,8 +280,28 @@ pub enum GroupEvent {
     Left = 2,
 }
 
-pub fn group_event(buf: &mut Vec<u8>, group_id: u64, event: GroupEvent, username: &str, group_name: &str) {
+impl GroupEvent {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        [GroupEvent::Joined, GroupEvent::Left].into_iter().find(|e| *e as u8 == v)
+    }
+}
+
+/// A group's membership change as an item.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupNotice<'a> {
+    pub message_id: u64,
+    pub timestamp_ms: u64,
+    pub group_id: u64,
+    pub event: GroupEvent,
+    pub username: &'a str,
+    pub group_name: &'a str,
+}
+
+pub fn group_event(buf: &mut Vec<u8>, n: &GroupNotice) {
+    let GroupNotice { message_id, timestamp_ms, group_id, event, username, group_name } = *n;
     FrameWriter::new(buf, op::GROUP_EVENT, PUSH_ID)
+        .u64(message_id)
+        .u64(timestamp_ms)
         .u64(group_id)
         .u8(event as u8)
         .str(username)
@@ -238,11 +317,18 @@ mod tests {
     #[test]
     fn matches_the_protocol_examples() {
         let mut buf = Vec::new();
-        let limits =
-            ServerLimits { max_frame: 65536, max_frame_before_login: 4096, max_body: 4096, idle_timeout_secs: 120 };
+        let limits = ServerLimits {
+            max_frame: 65536,
+            max_frame_before_login: 4096,
+            max_body: 4096,
+            idle_timeout_secs: 120,
+            login_timeout_secs: 10,
+            min_kdf_iterations: 100_000,
+        };
         hello_ok(&mut buf, 1, &limits);
-        assert_eq!(&buf[..9], &[0, 0, 0, 40, 0x81, 0, 0, 0, 1]);
-        assert_eq!(buf.len(), 44);
+        assert_eq!(&buf[..11], &[0, 0, 0, 48, 0x81, 0, 0, 0, 1, 0, 2]);
+        assert_eq!(buf.len(), 52);
+        assert_eq!(&buf[44..], &[0, 0, 0, 0x0A, 0, 0x01, 0x86, 0xA0]);
 
         buf.clear();
         sent(&mut buf, 9, 42, 1764108000000);

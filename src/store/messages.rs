@@ -1,13 +1,32 @@
-//! The one table of messages: inserts on the hot path, history pages, backlog pages.
+//! The one table of messages: inserts on the hot path, history pages, backlog rows.
+//!
+//! Every item of PROTOCOL.md §6 is a row here: chat texts, friend events, read receipts and
+//! group events, so that one id order and one delivery position cover them all.
 
-use super::{Channel, MessageId, Store, StoreResult, UserId, posting};
+use super::{Channel, DeviceId, MessageId, Store, StoreResult, UserId, posting};
 use rusqlite::{Connection, OptionalExtension, params};
 
-/// What a stored row is: a chat text or a friend event (the event's wire number).
+/// Rows fetched per query while a history page is assembled: a page of large bodies then
+/// holds a few megabytes at most in memory, not `limit` × `--max-body`.
+const HISTORY_BATCH: usize = 32;
+
+/// What a stored row is. The column values are part of the file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
+    /// A chat message (`SEND`, `GROUP_SEND`); the only kind in history.
     Text,
+    /// A friend event in a user's feed; the number is `FRIEND_EVENT`'s (1–8).
     FriendEvent(u8),
+    /// In a user's feed: the sender has read the user's conversation with them; the body is
+    /// the position (`u64`, big-endian).
+    ReadByPeer,
+    /// In a user's feed: the user (on another device) has read the conversation with the
+    /// sender; the body is the position.
+    ReadByOwner,
+    /// In a group: the sender joined; the body is the group's name.
+    GroupJoined,
+    /// In a group: the sender left; the body is the group's name.
+    GroupLeft,
 }
 
 impl MessageKind {
@@ -15,11 +34,22 @@ impl MessageKind {
         match self {
             MessageKind::Text => 0,
             MessageKind::FriendEvent(e) => e as i64,
+            MessageKind::ReadByPeer => 16,
+            MessageKind::ReadByOwner => 17,
+            MessageKind::GroupJoined => 32,
+            MessageKind::GroupLeft => 33,
         }
     }
 
     fn from_column(v: i64) -> Self {
-        if v == 0 { MessageKind::Text } else { MessageKind::FriendEvent(v as u8) }
+        match v {
+            0 => MessageKind::Text,
+            16 => MessageKind::ReadByPeer,
+            17 => MessageKind::ReadByOwner,
+            32 => MessageKind::GroupJoined,
+            33 => MessageKind::GroupLeft,
+            other => MessageKind::FriendEvent(other.clamp(1, 8) as u8),
+        }
     }
 }
 
@@ -31,6 +61,8 @@ pub struct NewMessage<'a> {
     pub kind: MessageKind,
     pub sent_at: i64,
     pub body: &'a [u8],
+    /// The device whose request made it (0 for none): that device is not sent it again.
+    pub device: DeviceId,
 }
 
 /// A message in a history page.
@@ -42,15 +74,33 @@ pub struct HistoryRow {
     pub body: Vec<u8>,
 }
 
-/// An item of a user's offline backlog.
+/// An item of a device's backlog.
 #[derive(Debug, Clone)]
 pub struct BacklogRow {
     pub id: MessageId,
+    pub channel: Channel,
     pub sender: UserId,
     pub sender_name: String,
     pub kind: MessageKind,
     pub sent_at: i64,
     pub body: Vec<u8>,
+    pub device: DeviceId,
+}
+
+/// Which way a history page reads from its anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryDirection {
+    /// Ids below the anchor, newest first.
+    Older,
+    /// Ids above the anchor, oldest first.
+    Newer,
+}
+
+/// A history page: its messages, and whether another page follows in the same direction.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub rows: Vec<HistoryRow>,
+    pub more: bool,
 }
 
 /// A stored send, as the retry window remembers it.
@@ -72,9 +122,19 @@ impl Store {
         let id = self.next_message_id;
         self.write(|db| {
             db.prepare_cached(
-                "INSERT INTO messages (id, channel, sender, client_msg_id, kind, sent_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO messages (id, channel, sender, client_msg_id, kind, sent_at, body, device)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![id, m.channel.0, m.sender, m.client_msg_id as i64, m.kind.to_column(), m.sent_at, m.body])
+            .execute(params![
+                id,
+                m.channel.0,
+                m.sender,
+                m.client_msg_id as i64,
+                m.kind.to_column(),
+                m.sent_at,
+                m.body,
+                m.device
+            ])
         })?;
         self.tail.push(m.channel, id);
         self.next_message_id += 1;
@@ -97,10 +157,10 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Ids of direct messages to `user` past the user's delivery cursor, ascending; at most
-    /// `cap` of them per conversation, so more than `cap` in all means "at least `cap`".
+    /// Ids of direct messages to `user` that no device of theirs has acknowledged, ascending;
+    /// at most `cap` of them per conversation, so more than `cap` in all means "at least `cap`".
     pub fn undelivered_direct(&self, user: UserId, cap: usize) -> StoreResult<Vec<MessageId>> {
-        let after = self.delivered_up_to(user)?;
+        let after = self.most_advanced_position(user)?;
         let mut sender = self.db.prepare_cached("SELECT sender FROM messages WHERE id = ?1")?;
         let mut ids = Vec::new();
         for contact in self.contacts(user)? {
@@ -120,29 +180,110 @@ impl Store {
         Ok(ids)
     }
 
-    /// Up to `limit` messages of a conversation with ids below `before`, newest first.
-    pub fn history(&self, channel: Channel, before: MessageId, limit: usize) -> StoreResult<Vec<HistoryRow>> {
-        let mut ids = posting::ids_before(&self.db, &self.tail, channel, before, limit)?;
-        ids.reverse();
-        let mut rows: Vec<HistoryRow> = self
-            .rows_by_id(channel, &ids)?
-            .into_iter()
-            .map(|r| HistoryRow { id: r.id, sent_at: r.sent_at, sender: r.sender_name, body: r.body })
-            .collect();
-        rows.reverse();
-        Ok(rows)
+    /// A history page of a conversation: up to `limit` chat messages from `anchor` in
+    /// `direction` (an anchor of 0 reading older means from the newest), stopping before the
+    /// bodies pass `max_bytes` (always at least one message). Events and receipts stored in
+    /// the same conversation are skipped.
+    pub fn history(
+        &self,
+        channel: Channel,
+        direction: HistoryDirection,
+        anchor: MessageId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<HistoryPage> {
+        let mut page = HistoryPage::default();
+        let mut bytes = 0;
+        let mut cursor = anchor;
+        loop {
+            let mut ids = match direction {
+                HistoryDirection::Older => {
+                    let before = if cursor == 0 { MessageId::MAX } else { cursor };
+                    posting::ids_before(&self.db, &self.tail, channel, before, HISTORY_BATCH)?
+                }
+                HistoryDirection::Newer => {
+                    posting::ids_after(&self.db, &self.tail, channel, cursor, MessageId::MAX, HISTORY_BATCH)?
+                }
+            };
+            if ids.is_empty() {
+                return Ok(page);
+            }
+            if direction == HistoryDirection::Older {
+                ids.reverse();
+            }
+            let mut rows = self.rows_by_id(channel, &ids)?;
+            if direction == HistoryDirection::Older {
+                rows.reverse();
+            }
+            cursor = match direction {
+                HistoryDirection::Older => ids[0],
+                HistoryDirection::Newer => ids[ids.len() - 1],
+            };
+            for row in rows {
+                if row.kind != MessageKind::Text {
+                    continue;
+                }
+                if page.rows.len() == limit || (!page.rows.is_empty() && bytes + row.body.len() > max_bytes) {
+                    page.more = true;
+                    return Ok(page);
+                }
+                bytes += row.body.len();
+                page.rows.push(HistoryRow { id: row.id, sent_at: row.sent_at, sender: row.sender_name, body: row.body });
+            }
+        }
     }
 
-    /// Up to `limit` items of a channel with `after < id <= up_to`, oldest first.
-    pub fn backlog_page(
+    /// The newest id stored in a conversation, or 0 when it is empty.
+    pub fn newest_in(&self, channel: Channel) -> StoreResult<MessageId> {
+        Ok(posting::ids_before(&self.db, &self.tail, channel, MessageId::MAX, 1)?.first().copied().unwrap_or(0))
+    }
+
+    /// Up to `limit` ids of a conversation with `after < id <= up_to`, ascending.
+    pub fn ids_after(
         &self,
         channel: Channel,
         after: MessageId,
         up_to: MessageId,
         limit: usize,
-    ) -> StoreResult<Vec<BacklogRow>> {
-        let ids = posting::ids_after(&self.db, &self.tail, channel, after, up_to, limit)?;
-        self.rows_by_id(channel, &ids)
+    ) -> StoreResult<Vec<MessageId>> {
+        Ok(posting::ids_after(&self.db, &self.tail, channel, after, up_to, limit)?)
+    }
+
+    /// How many entries a conversation holds with `after < id <= up_to`.
+    pub fn count_between(&self, channel: Channel, after: MessageId, up_to: MessageId) -> StoreResult<usize> {
+        Ok(posting::count_between(&self.db, &self.tail, channel, after, up_to)?)
+    }
+
+    /// The rows with the given ascending ids, whatever their conversations. When the ids are
+    /// dense in their range one range scan reads them; otherwise each is looked up by id.
+    pub fn rows_with_ids(&self, ids: &[MessageId]) -> StoreResult<Vec<BacklogRow>> {
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return Ok(Vec::new()) };
+        let mut rows = Vec::with_capacity(ids.len());
+        if (last - first) as usize <= 4 * ids.len() {
+            let mut stmt = self.db.prepare_cached(
+                "SELECT id, channel, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body, device
+                 FROM messages WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+            )?;
+            let mut wanted = ids.iter().peekable();
+            for row in stmt.query_map(params![first, last], backlog_row)? {
+                let row = row?;
+                while wanted.peek().is_some_and(|&&id| id < row.id) {
+                    wanted.next();
+                }
+                if wanted.peek() == Some(&&row.id) {
+                    rows.push(row);
+                }
+            }
+        } else {
+            let mut stmt = self.db.prepare_cached(
+                "SELECT id, channel, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body, device
+                 FROM messages WHERE id = ?1",
+            )?;
+            for &id in ids {
+                rows.extend(stmt.query_row([id], backlog_row).optional()?);
+            }
+        }
+        Ok(rows)
     }
 
     /// The rows of ascending `ids` of one channel. When the ids are dense in their range (a
@@ -150,29 +291,20 @@ impl Store {
     /// scan reads them; otherwise each is looked up by id.
     fn rows_by_id(&self, channel: Channel, ids: &[MessageId]) -> StoreResult<Vec<BacklogRow>> {
         let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return Ok(Vec::new()) };
-        let map = |r: &rusqlite::Row| {
-            Ok(BacklogRow {
-                id: r.get(0)?,
-                sender: r.get(1)?,
-                sender_name: r.get(2)?,
-                kind: MessageKind::from_column(r.get(3)?),
-                sent_at: r.get(4)?,
-                body: r.get(5)?,
-            })
-        };
+        let map = backlog_row;
         let mut rows = Vec::with_capacity(ids.len());
         if (last - first) as usize <= 4 * ids.len() {
             let mut stmt = self.db.prepare_cached(
-                "SELECT id, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body FROM messages
-                 WHERE id BETWEEN ?1 AND ?2 AND channel = ?3 ORDER BY id",
+                "SELECT id, channel, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body, device
+                 FROM messages WHERE id BETWEEN ?1 AND ?2 AND channel = ?3 ORDER BY id",
             )?;
             for row in stmt.query_map(params![first, last, channel.0], map)? {
                 rows.push(row?);
             }
         } else {
             let mut stmt = self.db.prepare_cached(
-                "SELECT id, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body FROM messages
-                 WHERE id = ?1",
+                "SELECT id, channel, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body, device
+                 FROM messages WHERE id = ?1",
             )?;
             for &id in ids {
                 rows.extend(stmt.query_row([id], map).optional()?);
@@ -180,4 +312,17 @@ impl Store {
         }
         Ok(rows)
     }
+}
+
+fn backlog_row(r: &rusqlite::Row) -> rusqlite::Result<BacklogRow> {
+    Ok(BacklogRow {
+        id: r.get(0)?,
+        channel: Channel(r.get(1)?),
+        sender: r.get(2)?,
+        sender_name: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+        kind: MessageKind::from_column(r.get(4)?),
+        sent_at: r.get(5)?,
+        body: r.get(6)?,
+        device: r.get(7)?,
+    })
 }

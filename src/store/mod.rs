@@ -6,6 +6,7 @@
 
 mod channel;
 mod contacts;
+mod devices;
 mod groups;
 mod messages;
 mod posting;
@@ -14,8 +15,9 @@ mod users;
 
 pub use channel::Channel;
 pub use contacts::{Contact, ContactState};
+pub use devices::{DeviceId, DeviceRecord, DeviceRefusal};
 pub use groups::{GroupInfo, GroupSummary, Membership};
-pub use messages::{BacklogRow, HistoryRow, MessageKind, NewMessage, RecentSend};
+pub use messages::{BacklogRow, HistoryDirection, HistoryPage, HistoryRow, MessageKind, NewMessage, RecentSend};
 pub use users::{NewUser, UserRecord};
 
 use rusqlite::{Connection, OpenFlags};

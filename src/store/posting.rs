@@ -160,6 +160,34 @@ pub fn ids_after(
     Ok(out)
 }
 
+/// How many ids a channel holds with `after < id <= up_to`: blocks that overlap the range are
+/// decoded, the tail is searched.
+pub fn count_between(
+    db: &Connection,
+    tail: &Tail,
+    channel: Channel,
+    after: MessageId,
+    up_to: MessageId,
+) -> rusqlite::Result<usize> {
+    if up_to <= after {
+        return Ok(0);
+    }
+    let mut count = 0;
+    if after < tail.indexed_up_to {
+        let mut stmt = db.prepare_cached(
+            "SELECT ids FROM channel_blocks WHERE channel = ?1 AND last_id > ?2 AND first_id <= ?3 ORDER BY last_id",
+        )?;
+        let mut rows = stmt.query(params![channel.0, after, up_to])?;
+        while let Some(row) = rows.next()? {
+            let blob: Vec<u8> = row.get(0)?;
+            count += decode_ids(&blob).into_iter().filter(|&id| id > after && id <= up_to).count();
+        }
+    }
+    let ids = tail.ids(channel);
+    count += ids.partition_point(|&id| id <= up_to).saturating_sub(ids.partition_point(|&id| id <= after));
+    Ok(count)
+}
+
 /// Up to `limit` ids of a channel below `before`, newest first: the tail first, then blocks.
 pub fn ids_before(
     db: &Connection,

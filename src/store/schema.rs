@@ -4,12 +4,29 @@ use super::OpenError;
 use rusqlite::Connection;
 
 /// The schema this binary writes; `PRAGMA user_version` holds it in the file.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
 /// Migrations from version N-1 to N, applied in order; index 0 is unused (version 1 is the
-/// whole schema). Empty until the first change after version 1.
-const MIGRATIONS: &[&str] = &[""];
+/// whole schema).
+const MIGRATIONS: &[&str] = &[
+    "",
+    // 2: devices with their own positions. The user's one cursor becomes the account's start,
+    // so the first device of an upgraded user continues exactly where the user was.
+    "ALTER TABLE cursors RENAME TO account_starts;
+     ALTER TABLE account_starts RENAME COLUMN delivered_up_to TO start_id;
+     CREATE TABLE devices (
+         id              INTEGER PRIMARY KEY,
+         user_id         INTEGER NOT NULL REFERENCES users(id),
+         client_id       INTEGER NOT NULL,
+         name            TEXT    NOT NULL,
+         delivered_up_to INTEGER NOT NULL,
+         created_at      INTEGER NOT NULL,
+         last_seen       INTEGER NOT NULL,
+         UNIQUE (user_id, client_id)
+     );
+     ALTER TABLE messages ADD COLUMN device INTEGER NOT NULL DEFAULT 0;",
+];
 
 pub fn apply(db: &Connection) -> Result<(), OpenError> {
     let found: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0))?;

@@ -1,6 +1,6 @@
-//! Accounts: the SCRAM verifier and the delivery cursor.
+//! Accounts: the SCRAM verifier and where a new account's first device starts.
 
-use super::{LOBBY_GROUP_ID, MessageId, Store, StoreResult, UserId};
+use super::{LOBBY_GROUP_ID, Store, StoreResult, UserId};
 use rusqlite::{OptionalExtension, params};
 
 /// A registered user as login needs it.
@@ -84,29 +84,13 @@ impl Store {
                 return Ok(None);
             }
             let id = db.last_insert_rowid();
-            db.prepare_cached("INSERT INTO cursors (user_id, delivered_up_to) VALUES (?1, ?2)")?
+            db.prepare_cached("INSERT INTO account_starts (user_id, start_id) VALUES (?1, ?2)")?
                 .execute([id, cursor])?;
             db.prepare_cached(
                 "INSERT INTO group_members (group_id, user_id, joined_at, joined_after) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![LOBBY_GROUP_ID, id, user.now_ms, cursor])?;
             Ok(Some(id))
-        })
-    }
-
-    /// The user's delivery cursor for direct messages and friend events.
-    pub fn delivered_up_to(&self, user: UserId) -> StoreResult<MessageId> {
-        let mut stmt = self.db.prepare_cached("SELECT delivered_up_to FROM cursors WHERE user_id = ?1")?;
-        Ok(stmt.query_row([user], |r| r.get(0))?)
-    }
-
-    /// Moves the user's delivery cursor forward to `up_to` (never back): direct messages,
-    /// friend events and every group at once (see `group_members.joined_after`).
-    pub fn acknowledge(&mut self, user: UserId, up_to: MessageId) -> StoreResult<()> {
-        self.write(|db| {
-            db.prepare_cached("UPDATE cursors SET delivered_up_to = ?2 WHERE user_id = ?1 AND delivered_up_to < ?2")?
-                .execute(params![user, up_to])?;
-            Ok(())
         })
     }
 }

@@ -33,6 +33,10 @@ pub const ITERATIONS: u32 = 4096;
 /// The id of the built-in group every registered user belongs to.
 pub const LOBBY: u64 = 1;
 
+/// The device id every test login uses unless it names another: one device per user, so
+/// that logging in again continues where that device left off.
+pub const DEVICE: u64 = 0x7E57;
+
 /// Error codes, PROTOCOL.md §4.
 pub mod code {
     pub const MALFORMED_FRAME: u16 = 1;
@@ -65,6 +69,8 @@ pub mod code {
     pub const RECIPIENT_QUEUE_FULL: u16 = 28;
     pub const TOO_MANY_SESSIONS: u16 = 29;
     pub const LOGIN_TIMEOUT: u16 = 30;
+    pub const TOO_MANY_DEVICES: u16 = 31;
+    pub const NO_SUCH_DEVICE: u16 = 32;
 }
 
 /// Opcodes, PROTOCOL.md §3.
@@ -90,6 +96,8 @@ pub mod op {
     pub const GROUP_MEMBERS: u8 = 0x33;
     pub const GROUP_LIST: u8 = 0x34;
     pub const GROUP_SEND: u8 = 0x35;
+    pub const DEVICE_LIST: u8 = 0x40;
+    pub const DEVICE_REMOVE: u8 = 0x41;
 
     pub const OK: u8 = 0x80;
     pub const HELLO_OK: u8 = 0x81;
@@ -105,6 +113,7 @@ pub mod op {
     pub const GROUP_MEMBERS_RESULT: u8 = 0x8B;
     pub const GROUP_LIST_RESULT: u8 = 0x8C;
     pub const RETRY_LATER: u8 = 0x8D;
+    pub const DEVICE_LIST_RESULT: u8 = 0x8E;
 
     pub const DELIVER: u8 = 0xC0;
     pub const FRIEND_EVENT: u8 = 0xC1;
@@ -112,6 +121,7 @@ pub mod op {
     pub const READ_RECEIPT: u8 = 0xC3;
     pub const SYNC_DONE: u8 = 0xC4;
     pub const GROUP_EVENT: u8 = 0xC5;
+    pub const SYNC_GAP: u8 = 0xC6;
 }
 
 /// `FRIEND_EVENT` event values, PROTOCOL.md §3.
@@ -228,8 +238,12 @@ pub mod req {
     pub fn login_start(username: &str, client_nonce: &[u8]) -> Request {
         Request::new(op::LOGIN_START, Body::new().str(username).bytes(client_nonce))
     }
+    /// `LOGIN_FINISH` for the test device (see [`super::DEVICE`]).
     pub fn login_finish(client_proof: &[u8]) -> Request {
-        Request::new(op::LOGIN_FINISH, Body::new().bytes(client_proof))
+        login_finish_as(client_proof, super::DEVICE, "test device")
+    }
+    pub fn login_finish_as(client_proof: &[u8], device_id: u64, device_name: &str) -> Request {
+        Request::new(op::LOGIN_FINISH, Body::new().bytes(client_proof).u64(device_id).str(device_name))
     }
     pub fn logout() -> Request {
         Request::new(op::LOGOUT, Body::new())
@@ -255,12 +269,26 @@ pub mod req {
     pub fn ack(up_to_message_id: u64) -> Request {
         Request::new(op::ACK, Body::new().u64(up_to_message_id))
     }
+    /// `HISTORY` reading older messages (direction 0) below `before_message_id`.
     pub fn history(target: &Target, before_message_id: u64, limit: u16) -> Request {
+        history_in(target, 0, before_message_id, limit)
+    }
+    /// `HISTORY` reading newer messages (direction 1) above `after_message_id`.
+    pub fn history_newer(target: &Target, after_message_id: u64, limit: u16) -> Request {
+        history_in(target, 1, after_message_id, limit)
+    }
+    pub fn history_in(target: &Target, direction: u8, from_message_id: u64, limit: u16) -> Request {
         let body = match target {
             Target::Direct(peer) => Body::new().u8(0).str(peer),
             Target::Group(group_id) => Body::new().u8(1).u64(*group_id),
         };
-        Request::new(op::HISTORY, body.u64(before_message_id).u16(limit))
+        Request::new(op::HISTORY, body.u8(direction).u64(from_message_id).u16(limit))
+    }
+    pub fn device_list() -> Request {
+        Request::new(op::DEVICE_LIST, Body::new())
+    }
+    pub fn device_remove(device_id: u64) -> Request {
+        Request::new(op::DEVICE_REMOVE, Body::new().u64(device_id))
     }
     pub fn read(peer: &str, up_to_message_id: u64) -> Request {
         Request::new(op::READ, Body::new().str(peer).u64(up_to_message_id))
@@ -305,6 +333,17 @@ pub struct HelloOk {
     pub max_frame_before_login: u32,
     pub max_body: u32,
     pub idle_timeout_secs: u32,
+    pub login_timeout_secs: u32,
+    pub min_kdf_iterations: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub device_id: u64,
+    pub name: String,
+    pub last_seen_ms: u64,
+    pub online: bool,
+    pub current: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -360,16 +399,18 @@ pub enum Message {
     FriendRequestOk { outcome: u8 },
     FriendList(FriendList),
     Sent { message_id: u64, timestamp_ms: u64 },
-    HistoryPage { items: Vec<HistoryItem>, next_before: u64 },
+    HistoryPage { items: Vec<HistoryItem>, next: u64 },
     GroupCreated { group_id: u64 },
     GroupMembers { group_id: u64, members: Vec<Member> },
     GroupList(Vec<GroupInfo>),
+    DeviceList(Vec<Device>),
     Deliver(Deliver),
     FriendEvent { message_id: u64, timestamp_ms: u64, event: u8, username: String },
     Presence { username: String, online: bool },
-    ReadReceipt { username: String, up_to_message_id: u64 },
+    ReadReceipt { message_id: u64, timestamp_ms: u64, reader: String, peer: String, up_to_message_id: u64 },
     SyncDone { count: u32 },
-    GroupEvent { group_id: u64, event: u8, username: String, group_name: String },
+    GroupEvent { message_id: u64, timestamp_ms: u64, group_id: u64, event: u8, username: String, group_name: String },
+    SyncGap { after_message_id: u64, up_to_message_id: u64, skipped: u32 },
 }
 
 impl Message {
@@ -381,12 +422,24 @@ impl Message {
         }
     }
 
-    /// The `message_id` of an item (`DELIVER` or `FRIEND_EVENT`), or of a `SENT`.
+    /// The `message_id` of an item (`DELIVER`, `FRIEND_EVENT`, `READ_RECEIPT`, `GROUP_EVENT`),
+    /// or of a `SENT`.
     pub fn message_id(&self) -> Option<u64> {
         match self {
             Message::Deliver(deliver) => Some(deliver.message_id),
-            Message::FriendEvent { message_id, .. } | Message::Sent { message_id, .. } => Some(*message_id),
+            Message::FriendEvent { message_id, .. }
+            | Message::ReadReceipt { message_id, .. }
+            | Message::GroupEvent { message_id, .. }
+            | Message::Sent { message_id, .. } => Some(*message_id),
             _ => None,
+        }
+    }
+
+    /// The `message_id` of an item only (never of a response).
+    pub fn item_id(&self) -> Option<u64> {
+        match self {
+            Message::Sent { .. } => None,
+            other => other.message_id(),
         }
     }
 
@@ -414,10 +467,10 @@ impl Message {
         }
     }
 
-    /// Unwraps a `HISTORY_PAGE` into its items and `next_before`.
+    /// Unwraps a `HISTORY_PAGE` into its items and `next`.
     pub fn history_page(self) -> (Vec<HistoryItem>, u64) {
         match self {
-            Message::HistoryPage { items, next_before } => (items, next_before),
+            Message::HistoryPage { items, next } => (items, next),
             other => panic!("expected HISTORY_PAGE, got {other:?}"),
         }
     }
@@ -505,6 +558,8 @@ impl Frame {
                 max_frame_before_login: f.u32(),
                 max_body: f.u32(),
                 idle_timeout_secs: f.u32(),
+                login_timeout_secs: f.u32(),
+                min_kdf_iterations: f.u32(),
             }),
             op::PONG => Message::Pong,
             op::ERROR => Message::Error { code: f.u16(), message: f.str() },
@@ -523,7 +578,7 @@ impl Frame {
                 let items = (0..f.u16())
                     .map(|_| HistoryItem { message_id: f.u64(), timestamp_ms: f.u64(), sender: f.str(), body: f.str() })
                     .collect();
-                Message::HistoryPage { items, next_before: f.u64() }
+                Message::HistoryPage { items, next: f.u64() }
             }
             op::GROUP_CREATED => Message::GroupCreated { group_id: f.u64() },
             op::GROUP_MEMBERS_RESULT => {
@@ -535,6 +590,17 @@ impl Frame {
             op::GROUP_LIST_RESULT => Message::GroupList(
                 (0..f.u16())
                     .map(|_| GroupInfo { group_id: f.u64(), name: f.str(), owner: f.str(), members: f.u32() })
+                    .collect(),
+            ),
+            op::DEVICE_LIST_RESULT => Message::DeviceList(
+                (0..f.u16())
+                    .map(|_| Device {
+                        device_id: f.u64(),
+                        name: f.str(),
+                        last_seen_ms: f.u64(),
+                        online: f.bool(),
+                        current: f.bool(),
+                    })
                     .collect(),
             ),
             op::DELIVER => {
@@ -552,10 +618,24 @@ impl Frame {
                 Message::FriendEvent { message_id: f.u64(), timestamp_ms: f.u64(), event: f.u8(), username: f.str() }
             }
             op::PRESENCE => Message::Presence { username: f.str(), online: f.bool() },
-            op::READ_RECEIPT => Message::ReadReceipt { username: f.str(), up_to_message_id: f.u64() },
+            op::READ_RECEIPT => Message::ReadReceipt {
+                message_id: f.u64(),
+                timestamp_ms: f.u64(),
+                reader: f.str(),
+                peer: f.str(),
+                up_to_message_id: f.u64(),
+            },
             op::SYNC_DONE => Message::SyncDone { count: f.u32() },
-            op::GROUP_EVENT => {
-                Message::GroupEvent { group_id: f.u64(), event: f.u8(), username: f.str(), group_name: f.str() }
+            op::GROUP_EVENT => Message::GroupEvent {
+                message_id: f.u64(),
+                timestamp_ms: f.u64(),
+                group_id: f.u64(),
+                event: f.u8(),
+                username: f.str(),
+                group_name: f.str(),
+            },
+            op::SYNC_GAP => {
+                Message::SyncGap { after_message_id: f.u64(), up_to_message_id: f.u64(), skipped: f.u32() }
             }
             other => panic!("server sent unknown opcode 0x{other:02X}: {self:?}"),
         };
@@ -759,6 +839,15 @@ impl TestServer {
     pub fn login(&self, username: &str) -> (Client, Vec<Message>) {
         let mut client = self.hello();
         client.login(username);
+        let backlog = client.sync();
+        (client, backlog)
+    }
+
+    /// A new connection logged in as an existing user on the device `device_id`, with the
+    /// backlog pushed at login.
+    pub fn login_device(&self, username: &str, device_id: u64) -> (Client, Vec<Message>) {
+        let mut client = self.hello();
+        client.login_as(username, device_id);
         let backlog = client.sync();
         (client, backlog)
     }
@@ -1025,7 +1114,7 @@ impl Client {
     }
 
     pub fn hello(&mut self) -> HelloOk {
-        match self.call(req::hello(1)) {
+        match self.call(req::hello(2)) {
             Message::HelloOk(hello) => hello,
             other => panic!("expected HELLO_OK, got {other:?}"),
         }
@@ -1040,6 +1129,11 @@ impl Client {
     /// The whole SCRAM exchange as `username` with `password`. On success checks the server's
     /// signature and returns the registered name; otherwise returns the failing reply.
     pub fn try_login(&mut self, username: &str, password: &str) -> Result<String, Message> {
+        self.try_login_as(username, password, DEVICE)
+    }
+
+    /// [`Client::try_login`] speaking for the device `device_id`.
+    pub fn try_login_as(&mut self, username: &str, password: &str, device_id: u64) -> Result<String, Message> {
         let client_nonce = self.fresh_nonce();
         let (salt, iterations, nonce) = match self.call(req::login_start(username, &client_nonce)) {
             Message::LoginChallenge { salt, iterations, nonce } => (salt, iterations, nonce),
@@ -1050,7 +1144,7 @@ impl Client {
         let keys = scram::Keys::derive(password, &salt, iterations);
         let auth_message = scram::auth_message(username, &client_nonce, &salt, iterations, &nonce);
         let proof = scram::client_proof(&keys, &auth_message);
-        match self.call(req::login_finish(&proof)) {
+        match self.call(req::login_finish_as(&proof, device_id, &format!("device {device_id}"))) {
             Message::LoginOk { server_signature, username } => {
                 assert_eq!(
                     server_signature,
@@ -1077,9 +1171,14 @@ impl Client {
 
     /// Logs in as `username` with the test password, which must succeed.
     pub fn login(&mut self, username: &str) {
+        self.login_as(username, DEVICE);
+    }
+
+    /// Logs in as `username` on the device `device_id`, which must succeed.
+    pub fn login_as(&mut self, username: &str, device_id: u64) {
         let registered = self
-            .try_login(username, &password_of(username))
-            .unwrap_or_else(|reply| panic!("login as {username} failed: {reply:?}"));
+            .try_login_as(username, &password_of(username), device_id)
+            .unwrap_or_else(|reply| panic!("login as {username} on device {device_id} failed: {reply:?}"));
         assert_eq!(registered, username);
     }
 
@@ -1090,7 +1189,7 @@ impl Client {
         loop {
             match self.push() {
                 Message::SyncDone { count } => {
-                    let items = pushed.iter().filter(|message: &&Message| message.message_id().is_some()).count();
+                    let items = pushed.iter().filter(|message: &&Message| message.item_id().is_some()).count();
                     assert_eq!(count as usize, items, "SYNC_DONE count vs items {pushed:?}");
                     return pushed;
                 }
@@ -1164,4 +1263,22 @@ pub fn make_friends(a: &mut Client, b: &mut Client) {
     assert_eq!(b_pushes, [], "{b_name} got more pushes");
     b.ack(asked.message_id().unwrap());
     a.ack(accepted.message_id().unwrap());
+}
+
+/// Makes the logged-in `a` friends with each of `names`, who are registered and offline: each
+/// logs in on its test device, accepts and acknowledges, and logs off again, so its device has
+/// nothing of the friendship left to be pushed. `a` acknowledges the acceptances.
+pub fn befriend_offline(server: &TestServer, a: &mut Client, names: &[&str]) {
+    let a_name = a.username.clone().expect("a logged in");
+    for name in names {
+        assert_eq!(a.call(req::friend_request(name)), Message::FriendRequestOk { outcome: 0 }, "{name}");
+        let (mut b, backlog) = server.login(name);
+        let asked = backlog.iter().rev().find_map(Message::item_id).expect("the friend request is in the backlog");
+        assert_eq!(b.call(req::friend_accept(&a_name)), Message::Ok);
+        b.ack(asked);
+    }
+    let last = a.barrier().iter().filter_map(Message::item_id).max();
+    if let Some(last) = last {
+        a.ack(last);
+    }
 }

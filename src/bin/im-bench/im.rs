@@ -4,6 +4,7 @@
 use crate::net::{Net, Phase, drive};
 use crate::shapes::traffic::Wire;
 use crate::{Common, Rng};
+use im_server::protocol::PROTOCOL_VERSION;
 use im_server::protocol::client::{self, NextFrame, ServerFrame};
 use im_server::protocol::request::Registration;
 use im_server::scram::{self, ClientKeys};
@@ -76,11 +77,13 @@ pub struct LoginFlow {
     nonce: [u8; 24],
     auth: Vec<u8>,
     pub state: LoginState,
+    /// The device this login speaks for (PROTOCOL.md §6): each has its own position.
+    pub device_id: u64,
 }
 
 impl Default for LoginFlow {
     fn default() -> Self {
-        LoginFlow { nonce: [0; 24], auth: Vec::new(), state: LoginState::Idle }
+        LoginFlow { nonce: [0; 24], auth: Vec::new(), state: LoginState::Idle, device_id: 1 }
     }
 }
 
@@ -113,7 +116,7 @@ impl LoginFlow {
                 self.auth = scram::auth_message(name, &self.nonce, salt, *iterations, nonce);
                 let proof = scram::client_proof(&creds.keys, &self.auth);
                 let id = net.next_id(token);
-                client::login_finish(net.out(token), id, &proof);
+                client::login_finish(net.out(token), id, &proof, self.device_id, "im-bench");
                 self.state = LoginState::AwaitOk;
                 Ok(false)
             }
@@ -138,7 +141,7 @@ pub fn register_users(net: &mut Net, common: &Common, creds: &Credentials, names
     for c in 0..REGISTER_CONNS.min(names.len()) {
         let token = net.connect(common.addr, c).map_err(|e| format!("connect to {}: {e}", common.addr))?;
         let id = net.next_id(token);
-        client::hello(net.out(token), id, 1);
+        client::hello(net.out(token), id, PROTOCOL_VERSION);
         phase.conns.push((token, VecDeque::new()));
     }
     for c in 0..phase.conns.len() {
@@ -255,7 +258,7 @@ impl Phase for LoginAll<'_> {
             let token =
                 net.connect(self.common.addr, i).map_err(|e| format!("connect to {}: {e}", self.common.addr))?;
             let id = net.next_id(token);
-            client::hello(net.out(token), id, 1);
+            client::hello(net.out(token), id, PROTOCOL_VERSION);
             self.flows[i].start(net, token, &self.names[i], self.rng);
             self.tokens[i] = token;
             self.next += 1;
@@ -406,7 +409,7 @@ impl Phase for GroupSetup<'_> {
         }
         frames(data, |_, frame| {
             match frame {
-                ServerFrame::GroupEvent { .. } | ServerFrame::Presence { .. } => {}
+                ServerFrame::GroupEvent { .. } | ServerFrame::Presence { .. } | ServerFrame::FriendEvent { .. } => {}
                 ServerFrame::GroupCreated { group_id } => {
                     self.group_id = Some(group_id);
                     for name in self.members {

@@ -31,10 +31,15 @@ pub fn run(common: &Common, args: &Args, rng: &mut Rng) -> Result<Report, String
             let members = im::names(&common.prefix, "m", k);
             let all: Vec<String> = owner.iter().chain(&members).cloned().collect();
             im::register_users(&mut net, common, &creds, &all)?;
-            // Invite before the members log in, so nobody receives K join events.
+            // Members may be invited by a friend only (PROTOCOL.md §6): each asks the owner,
+            // who asks back. Every member then hears of the joins after its own.
             let owner_session = im::login_all(&mut net, common, &creds, &owner, rng)?;
-            let group_id = im::create_group(&mut net, common, owner_session.tokens[0], &members)?;
             let sessions = im::login_all(&mut net, common, &creds, &members, rng)?;
+            let owner_token = owner_session.tokens[0];
+            let pairs: Vec<(usize, &str, usize, &str)> =
+                members.iter().zip(&sessions.tokens).map(|(m, &t)| (t, m.as_str(), owner_token, owner[0].as_str())).collect();
+            im::befriend(&mut net, common, &pairs)?;
+            let group_id = im::create_group(&mut net, common, owner_token, &members)?;
             let wire = ImWire { dests: vec![Dest::Group(group_id)] };
             traffic::run(&mut net, common, wire, plan(owner_session.tokens[0], &sessions.tokens), &mut report)?;
         }
