@@ -20,6 +20,10 @@ pub enum FrameKind {
     /// A stored item (PROTOCOL.md §6) with its id. A connection still receiving its backlog
     /// does not queue it: the backlog reads it from the store in its place, in id order.
     Item { id: crate::store::MessageId },
+    /// No bytes: an item the connection's own request made (so it is not sent it). Once
+    /// delivered it tells the connection that every item up to `id` has reached it, so that
+    /// an `ACK` of that id (or of "everything") may cover it.
+    OwnItem { id: crate::store::MessageId },
 }
 
 /// The bytes of a staged frame.
@@ -66,6 +70,17 @@ impl Outbox {
         encode(&mut self.buf);
         let end = self.buf.len();
         self.entries.push(Entry { to, kind, bytes: FrameBytes::Staged { start, end }, needs_commit: false });
+    }
+
+    /// Notes that a request of connection `to` made the item `id` (see [`FrameKind::OwnItem`]).
+    pub fn own_item(&mut self, to: Token, id: crate::store::MessageId) {
+        let at = self.buf.len();
+        self.entries.push(Entry {
+            to,
+            kind: FrameKind::OwnItem { id },
+            bytes: FrameBytes::Staged { start: at, end: at },
+            needs_commit: false,
+        });
     }
 
     /// Stages one already encoded frame for many connections.

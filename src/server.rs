@@ -341,11 +341,14 @@ impl Server {
         let Server { conns, outbox, dirty, .. } = self;
         outbox.drain(committed, |to, kind, bytes, shared| {
             let Some(conn) = conns.get_mut(to) else { return };
-            if let FrameKind::Item { id } = kind {
-                if conn.backlog.is_some() {
+            match kind {
+                FrameKind::Item { .. } | FrameKind::OwnItem { .. } if conn.backlog.is_some() => return,
+                FrameKind::Item { id } => conn.sent_through = conn.sent_through.max(id),
+                FrameKind::OwnItem { id } => {
+                    conn.sent_through = conn.sent_through.max(id);
                     return;
                 }
-                conn.sent_through = conn.sent_through.max(id);
+                FrameKind::Response { .. } | FrameKind::Push => {}
             }
             match shared {
                 Some(frame) => conn.enqueue_shared(frame),

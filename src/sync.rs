@@ -30,8 +30,12 @@ const MAX_ROWS_PER_FETCH: usize = 256;
 pub enum SourceKind {
     /// The user's own feed: friend events and read receipts.
     Events,
-    Direct { peer_name: Rc<str> },
-    Group { group_id: u64 },
+    Direct {
+        peer_name: Rc<str>,
+    },
+    Group {
+        group_id: u64,
+    },
 }
 
 /// One conversation of the user, and the id below which it holds nothing for them.

@@ -256,7 +256,8 @@ impl World {
     /// Reloads friends and groups of every online user from the store, after a transaction
     /// whose in-memory effects were applied was rolled back.
     pub fn resync(&mut self, store: &Store) -> StoreResult<()> {
-        let users: Vec<(UserId, Rc<str>, Vec<(Token, DeviceId)>)> = self
+        type Sessions = Vec<(Token, DeviceId)>;
+        let users: Vec<(UserId, Rc<str>, Sessions)> = self
             .users
             .iter()
             .map(|(id, u)| (*id, u.name.clone(), u.sessions.iter().copied().zip(u.devices.iter().copied()).collect()))

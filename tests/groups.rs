@@ -308,8 +308,8 @@ fn fan_out_to_a_hundred_members_some_offline() {
         assert_eq!(joined, expected, "{}", names[k]);
     };
     let mut online: Vec<Client> = Vec::new();
-    for k in 1..70 {
-        let (client, backlog) = server.login(&names[k]);
+    for (k, name) in names.iter().enumerate().take(70).skip(1) {
+        let (client, backlog) = server.login(name);
         joins_seen_by(k, &backlog);
         online.push(client);
     }
@@ -320,8 +320,8 @@ fn fan_out_to_a_hundred_members_some_offline() {
     let all = members(&mut owner, group_id);
     assert_eq!(all.len(), 100);
     assert_eq!(all.iter().filter(|member| member.online).count(), 70);
-    for k in 70..100 {
-        let (_, backlog) = server.login(&names[k]);
+    for (k, name) in names.iter().enumerate().skip(70) {
+        let (_, backlog) = server.login(name);
         let (message, joins) = backlog.split_last().expect("a backlog");
         joins_seen_by(k, joins);
         assert_eq!(group_deliver(message, group_id, "user00", "to all"), message_id);

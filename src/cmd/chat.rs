@@ -40,6 +40,7 @@ pub(super) fn store_text(
         device: o.device,
     };
     let id = ctx.store.insert_message(&message)?;
+    ctx.outbox.own_item(o.token, id);
     ctx.world.retries.remember(me, client_msg_id, id, sent_at);
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::sent(b, rid, id as u64, sent_at as u64));
@@ -49,7 +50,13 @@ pub(super) fn store_text(
 /// Stages one `DELIVER` item for the recipients' connections and the sender's connections
 /// but `origin` (the sender's other devices get their own messages too, in the same id order
 /// as everything else). A frame for more than one connection is encoded once and shared.
-pub(super) fn fan_out(outbox: &mut Outbox, delivery: &Delivery, recipients: &[Token], senders: &[Token], origin: Token) {
+pub(super) fn fan_out(
+    outbox: &mut Outbox,
+    delivery: &Delivery,
+    recipients: &[Token],
+    senders: &[Token],
+    origin: Token,
+) {
     let item = FrameKind::Item { id: delivery.message_id as MessageId };
     let own = senders.iter().copied().filter(|&t| t != origin);
     match (recipients, senders.len()) {
@@ -179,7 +186,13 @@ struct StoredReceipts {
     for_me: MessageId,
 }
 
-fn store_receipts(ctx: &mut Ctx, o: &Origin, me: UserId, peer: UserId, up_to: MessageId) -> Result<StoredReceipts, Refusal> {
+fn store_receipts(
+    ctx: &mut Ctx,
+    o: &Origin,
+    me: UserId,
+    peer: UserId,
+    up_to: MessageId,
+) -> Result<StoredReceipts, Refusal> {
     let body = (up_to as u64).to_be_bytes();
     let mut receipt = NewMessage {
         channel: Channel::events_of(peer),
@@ -195,5 +208,6 @@ fn store_receipts(ctx: &mut Ctx, o: &Origin, me: UserId, peer: UserId, up_to: Me
     receipt.sender = peer;
     receipt.kind = MessageKind::ReadByOwner;
     let for_me = ctx.store.insert_message(&receipt)?;
+    ctx.outbox.own_item(o.token, for_me);
     Ok(StoredReceipts { for_peer, for_me })
 }

@@ -12,7 +12,13 @@ pub enum Answer {
 }
 
 /// Stores a friend action as items for both users (see [`notify::friend_event`]).
-fn tell(ctx: &mut Ctx, o: &Origin, (me, my_name): (UserId, &str), (them, their_name): (UserId, &str), event: FriendEvent) -> Outcome {
+fn tell(
+    ctx: &mut Ctx,
+    o: &Origin,
+    (me, my_name): (UserId, &str),
+    (them, their_name): (UserId, &str),
+    event: FriendEvent,
+) -> Outcome {
     let action = FriendAction { actor: me, actor_name: my_name, target: them, target_name: their_name, event };
     notify::friend_event(ctx, (o.token, o.device), &action)?;
     Ok(())

@@ -42,6 +42,7 @@ fn group_event(ctx: &mut Ctx, o: &Origin, group: GroupId, event: GroupEvent, (wh
         body: group_name.as_bytes(),
         device: o.device,
     })?;
+    ctx.outbox.own_item(o.token, id);
     let notice = GroupNotice {
         message_id: id as u64,
         timestamp_ms: ctx.now_ms as u64,

@@ -67,6 +67,7 @@ pub fn friend_event(ctx: &mut Ctx, origin: (Token, DeviceId), a: &FriendAction) 
         body: &[],
         device: origin_device,
     })?;
+    ctx.outbox.own_item(origin_token, for_actor);
     for &t in ctx.world.sessions(a.target) {
         let item = FrameKind::Item { id: for_target };
         ctx.outbox.stage(t, item, |b| response::friend_event(b, for_target as u64, now as u64, a.event, a.actor_name));

@@ -487,7 +487,7 @@ mod tests {
     use super::*;
     use crate::protocol::Request;
     use crate::protocol::response::{
-        self, Conversation, DeviceEntry, Delivery, FriendEvent, FriendRequestOutcome, GroupEntry, GroupEvent,
+        self, Conversation, Delivery, DeviceEntry, FriendEvent, FriendRequestOutcome, GroupEntry, GroupEvent,
         GroupNotice, HistoryEntry, MemberEntry, Receipt, ServerLimits,
     };
 
@@ -654,7 +654,13 @@ mod tests {
         check(
             |b| response::read_receipt(b, &receipt),
             0,
-            ServerFrame::ReadReceipt { message_id: 9, timestamp_ms: 10, reader: "bob", peer: "al", up_to_message_id: 8 },
+            ServerFrame::ReadReceipt {
+                message_id: 9,
+                timestamp_ms: 10,
+                reader: "bob",
+                peer: "al",
+                up_to_message_id: 8,
+            },
         );
         check(
             |b| response::friend_event(b, 5, 6, FriendEvent::YouRemoved, "bob"),

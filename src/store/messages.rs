@@ -228,7 +228,12 @@ impl Store {
                     return Ok(page);
                 }
                 bytes += row.body.len();
-                page.rows.push(HistoryRow { id: row.id, sent_at: row.sent_at, sender: row.sender_name, body: row.body });
+                page.rows.push(HistoryRow {
+                    id: row.id,
+                    sent_at: row.sent_at,
+                    sender: row.sender_name,
+                    body: row.body,
+                });
             }
         }
     }

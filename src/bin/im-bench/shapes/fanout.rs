@@ -36,8 +36,11 @@ pub fn run(common: &Common, args: &Args, rng: &mut Rng) -> Result<Report, String
             let owner_session = im::login_all(&mut net, common, &creds, &owner, rng)?;
             let sessions = im::login_all(&mut net, common, &creds, &members, rng)?;
             let owner_token = owner_session.tokens[0];
-            let pairs: Vec<(usize, &str, usize, &str)> =
-                members.iter().zip(&sessions.tokens).map(|(m, &t)| (t, m.as_str(), owner_token, owner[0].as_str())).collect();
+            let pairs: Vec<(usize, &str, usize, &str)> = members
+                .iter()
+                .zip(&sessions.tokens)
+                .map(|(m, &t)| (t, m.as_str(), owner_token, owner[0].as_str()))
+                .collect();
             im::befriend(&mut net, common, &pairs)?;
             let group_id = im::create_group(&mut net, common, owner_token, &members)?;
             let wire = ImWire { dests: vec![Dest::Group(group_id)] };
