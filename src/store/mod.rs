@@ -82,6 +82,21 @@ impl From<rusqlite::Error> for OpenError {
     }
 }
 
+/// A point in [`Store::finish_iteration`] where a test may have the process abort, to check
+/// what a crash there keeps (see [`CRASH_MARKERS_ENV`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashPoint {
+    /// After the batch's last write, before its COMMIT: nothing of it may survive.
+    BeforeCommit,
+    /// After COMMIT, before any answer is written: all of it survives, unacknowledged.
+    AfterCommit,
+}
+
+/// Test seam: when this environment variable is `1` at start, storing a message whose body
+/// starts with `CRASH-BEFORE-COMMIT` or `CRASH-AFTER-COMMIT` aborts the process at that point
+/// of the batch's commit. Unset in production; crash tests set it (tests/faults.rs).
+pub const CRASH_MARKERS_ENV: &str = "IM_SERVER_TEST_CRASH_MARKERS";
+
 /// The database, with the transaction state of the current loop iteration.
 pub struct Store {
     db: Connection,
@@ -91,6 +106,8 @@ pub struct Store {
     next_message_id: MessageId,
     first_uncommitted_id: MessageId,
     tail: posting::Tail,
+    crash_markers: bool,
+    crash_at: Option<CrashPoint>,
 }
 
 impl Store {
@@ -121,6 +138,8 @@ impl Store {
             next_message_id,
             first_uncommitted_id: next_message_id,
             tail,
+            crash_markers: std::env::var(CRASH_MARKERS_ENV).is_ok_and(|v| v == "1"),
+            crash_at: None,
         })
     }
 
@@ -180,7 +199,12 @@ impl Store {
             return true;
         }
         self.in_transaction = false;
+        let crash_at = self.crash_at.take();
         if !self.failed {
+            if crash_at == Some(CrashPoint::BeforeCommit) {
+                log::warn!("test crash point: aborting before COMMIT");
+                std::process::abort();
+            }
             // Posting lists are written in the same transaction as the batch that fills them.
             let flush = self.tail.len() >= posting::FLUSH_AT;
             let up_to = self.last_message_id();
@@ -189,6 +213,10 @@ impl Store {
                 Ok(()) => {
                     if flush {
                         self.tail.clear(up_to);
+                    }
+                    if crash_at == Some(CrashPoint::AfterCommit) {
+                        log::warn!("test crash point: aborting after COMMIT");
+                        std::process::abort();
                     }
                     return true;
                 }
@@ -202,6 +230,14 @@ impl Store {
         self.failed = false;
         // Ids handed out in the rolled-back transaction are skipped: ids only need to grow.
         false
+    }
+
+    fn note_crash_marker(&mut self, body: &[u8]) {
+        if body.starts_with(b"CRASH-BEFORE-COMMIT") {
+            self.crash_at = Some(CrashPoint::BeforeCommit);
+        } else if body.starts_with(b"CRASH-AFTER-COMMIT") {
+            self.crash_at.get_or_insert(CrashPoint::AfterCommit);
+        }
     }
 
     /// Whether a message id belongs to the transaction that is still open.

@@ -753,6 +753,11 @@ impl TestServer {
 
     /// A server on the database of an earlier one (see [`TestServer::terminate`]).
     pub fn start_in(dir: TempDir, args: &[&str]) -> Self {
+        Self::start_in_with_env(dir, args, &[])
+    }
+
+    /// [`TestServer::start_in`] with extra environment variables.
+    pub fn start_in_with_env(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         let db = dir.path().join("im.db");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -773,6 +778,7 @@ impl TestServer {
             command.arg("--trust-loopback");
         }
         command.args(args);
+        command.envs(env.iter().copied());
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -890,6 +896,20 @@ impl TestServer {
                 panic!("im-server did not exit within 10 s of {flag}");
             }
         };
+        (status, self.dir.take().unwrap())
+    }
+
+    /// Waits (at most 10 s) for the server to exit by itself, e.g. at a crash point.
+    pub fn wait_for_exit(mut self) -> (ExitStatus, TempDir) {
+        let mut child = self.child.take().expect("server running");
+        let (sender, receiver) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = sender.send(child.wait());
+        });
+        let status = receiver
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("im-server did not exit within 10 s"))
+            .expect("wait for im-server");
         (status, self.dir.take().unwrap())
     }
 
