@@ -13,6 +13,9 @@ mod posting;
 mod schema;
 mod users;
 
+#[cfg(test)]
+mod tests;
+
 pub use channel::Channel;
 pub use contacts::{Contact, ContactState};
 pub use devices::{DeviceId, DeviceRecord, DeviceRefusal};
@@ -108,6 +111,8 @@ pub struct Store {
     tail: posting::Tail,
     crash_markers: bool,
     crash_at: Option<CrashPoint>,
+    /// Tail length at which posting lists are written as blocks ([`posting::FLUSH_AT`]).
+    flush_at: usize,
 }
 
 impl Store {
@@ -140,6 +145,7 @@ impl Store {
             tail,
             crash_markers: std::env::var(CRASH_MARKERS_ENV).is_ok_and(|v| v == "1"),
             crash_at: None,
+            flush_at: posting::FLUSH_AT,
         })
     }
 
@@ -206,7 +212,7 @@ impl Store {
                 std::process::abort();
             }
             // Posting lists are written in the same transaction as the batch that fills them.
-            let flush = self.tail.len() >= posting::FLUSH_AT;
+            let flush = self.tail.len() >= self.flush_at;
             let up_to = self.last_message_id();
             let written = if flush { self.tail.write_blocks(&self.db, up_to) } else { Ok(()) };
             match written.and_then(|()| self.db.execute_batch("COMMIT")) {
@@ -238,6 +244,13 @@ impl Store {
         } else if body.starts_with(b"CRASH-AFTER-COMMIT") {
             self.crash_at.get_or_insert(CrashPoint::AfterCommit);
         }
+    }
+
+    /// Writes posting-list blocks every `n` ids instead of every [`posting::FLUSH_AT`], so that
+    /// tests reach the stored-block paths with a few hundred messages.
+    #[doc(hidden)]
+    pub fn set_posting_flush_at(&mut self, n: usize) {
+        self.flush_at = n.max(1);
     }
 
     /// Whether a message id belongs to the transaction that is still open.

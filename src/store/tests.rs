@@ -1,0 +1,164 @@
+//! The store against a model: messages in many conversations, committed in batches, with
+//! posting-list blocks written every few dozen ids, so every read path crosses stored blocks
+//! and the in-memory tail (in production blocks are written only every 65,536 messages).
+
+use super::*;
+use std::collections::BTreeMap;
+
+/// A small deterministic generator (xorshift), so a failure repeats.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// A store in a temporary directory with two users, and the model of what it holds: the ids
+/// of each channel and each id's kind.
+fn filled(flush_at: usize, messages: usize, seed: u64) -> (tempfile::TempDir, Store, BTreeMap<i64, Vec<(MessageId, bool)>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.set_posting_flush_at(flush_at);
+    for name in ["a", "b"] {
+        let user = NewUser {
+            name,
+            name_key: name,
+            salt: &[0; 16],
+            iterations: 1,
+            stored_key: &[0; 32],
+            server_key: &[0; 32],
+            now_ms: 0,
+        };
+        store.create_user(&user).unwrap().unwrap();
+    }
+    assert!(store.finish_iteration());
+    let channels = [Channel::direct(1, 2), Channel::group(1), Channel::group(7), Channel::events_of(1)];
+    let mut model: BTreeMap<i64, Vec<(MessageId, bool)>> = BTreeMap::new();
+    let mut rng = Rng(seed);
+    for n in 0..messages {
+        let channel = channels[rng.below(channels.len() as u64) as usize];
+        // Some group rows are events: stored in the conversation, never in history.
+        let text = channel == Channel::direct(1, 2) || rng.below(4) > 0;
+        let kind = if text { MessageKind::Text } else { MessageKind::GroupJoined };
+        let body = format!("m{n}");
+        let m = NewMessage {
+            channel,
+            sender: 1,
+            client_msg_id: n as u64,
+            kind,
+            sent_at: n as i64,
+            body: body.as_bytes(),
+            device: 0,
+        };
+        let id = store.insert_message(&m).unwrap();
+        model.entry(channel.0).or_default().push((id, text));
+        if rng.below(10) == 0 {
+            assert!(store.finish_iteration());
+        }
+    }
+    assert!(store.finish_iteration());
+    (dir, store, model)
+}
+
+#[test]
+fn reads_cross_stored_blocks_and_the_tail_exactly() {
+    let (_dir, mut store, model) = filled(37, 1500, 0x9E37_79B9);
+    assert!(store.tail.indexed_up_to > 1000, "blocks were written: {}", store.tail.indexed_up_to);
+    store.begin_batch();
+    let mut rng = Rng(12345);
+    for (&channel, rows) in &model {
+        let channel = Channel(channel);
+        let ids: Vec<MessageId> = rows.iter().map(|r| r.0).collect();
+        for _ in 0..200 {
+            let after = rng.below(1600) as i64;
+            let up_to = after + rng.below(1600) as i64;
+            let limit = 1 + rng.below(300) as usize;
+            let expected: Vec<MessageId> =
+                ids.iter().copied().filter(|&id| id > after && id <= up_to).take(limit).collect();
+            assert_eq!(store.ids_after(channel, after, up_to, limit).unwrap(), expected, "after {after} up to {up_to}");
+            let count = ids.iter().filter(|&&id| id > after && id <= up_to).count();
+            assert_eq!(store.count_between(channel, after, up_to).unwrap(), count);
+            let before = 1 + rng.below(1600) as i64;
+            let expected: Vec<MessageId> = ids.iter().rev().copied().filter(|&id| id < before).take(limit).collect();
+            let got = posting::ids_before(&store.db, &store.tail, channel, before, limit).unwrap();
+            assert_eq!(got, expected, "before {before}");
+        }
+        assert_eq!(store.newest_in(channel).unwrap(), *ids.last().unwrap());
+    }
+}
+
+#[test]
+fn history_pages_skip_events_and_meet_exactly_in_both_directions() {
+    let (_dir, mut store, model) = filled(29, 1200, 42);
+    store.begin_batch();
+    for (&channel, rows) in &model {
+        let texts: Vec<MessageId> = rows.iter().filter(|r| r.1).map(|r| r.0).collect();
+        for limit in [1, 7, 200] {
+            let mut older = Vec::new();
+            let mut anchor = 0;
+            loop {
+                let page = store.history(Channel(channel), HistoryDirection::Older, anchor, limit, usize::MAX).unwrap();
+                assert!(page.rows.len() <= limit);
+                older.extend(page.rows.iter().map(|r| r.id));
+                if !page.more {
+                    break;
+                }
+                anchor = page.rows.last().unwrap().id;
+            }
+            older.reverse();
+            assert_eq!(older, texts, "older pages of {limit}");
+            let mut newer = Vec::new();
+            let mut anchor = 0;
+            loop {
+                let page = store.history(Channel(channel), HistoryDirection::Newer, anchor, limit, usize::MAX).unwrap();
+                newer.extend(page.rows.iter().map(|r| r.id));
+                if !page.more {
+                    break;
+                }
+                anchor = page.rows.last().unwrap().id;
+            }
+            assert_eq!(newer, texts, "newer pages of {limit}");
+        }
+    }
+}
+
+#[test]
+fn a_history_page_stops_before_its_byte_bound_but_holds_one_message() {
+    let (_dir, mut store, model) = filled(1000, 300, 7);
+    store.begin_batch();
+    let channel = Channel::direct(1, 2);
+    let texts = model[&channel.0].len();
+    let page = store.history(channel, HistoryDirection::Older, 0, 200, 1).unwrap();
+    assert_eq!(page.rows.len(), 1);
+    assert_eq!(page.more, texts > 1);
+    let page = store.history(channel, HistoryDirection::Older, 0, 200, 10).unwrap();
+    assert!(page.rows.iter().map(|r| r.body.len()).sum::<usize>() <= 10);
+}
+
+#[test]
+fn a_rolled_back_batch_leaves_no_ids_in_the_tail_or_blocks() {
+    let (_dir, mut store, model) = filled(50, 120, 3);
+    let channel = Channel::direct(1, 2);
+    let before: Vec<MessageId> = model[&channel.0].iter().map(|r| r.0).collect();
+    let doomed = NewMessage {
+        channel,
+        sender: 1,
+        client_msg_id: 9,
+        kind: MessageKind::Text,
+        sent_at: 0,
+        body: b"x",
+        device: 0,
+    };
+    for _ in 0..60 {
+        store.insert_message(&doomed).unwrap();
+    }
+    // A failed write marks the transaction: the commit rolls back, blocks included.
+    assert!(store.write(|db| db.execute_batch("INSERT INTO no_such_table VALUES (1)")).is_err());
+    assert!(!store.finish_iteration());
+    store.begin_batch();
+    assert_eq!(store.ids_after(channel, 0, MessageId::MAX, 10_000).unwrap(), before);
+}
