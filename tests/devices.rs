@@ -58,9 +58,9 @@ fn an_own_message_from_another_device_never_overtakes_a_backlog() {
     };
     drop(u);
     assert_eq!(friend.push(), presence_of("u", false));
-    // 3000 × 2 KB: more than the kernel's socket buffers hold, so device 2 is still
+    // 3000 × 4 KB: more than the kernel's socket buffers hold, so device 2 is still
     // receiving its backlog when device 1's message is stored.
-    let filler = "x".repeat(2000);
+    let filler = "x".repeat(4000);
     let sends: Vec<Request> = (0..BACKLOG).map(|n| req::send("u", n + 1, &format!("queued {n:04} {filler}"))).collect();
     let queued: Vec<u64> = friend.pipeline(&sends).iter().map(|r| r.sent().0).collect();
 

@@ -126,7 +126,10 @@ fn a_failed_commit_withdraws_every_answer_and_push_of_the_batch() {
     assert!(again > before);
     assert_eq!(bob.push().deliver().message_id, again);
     assert_eq!(alice.call(req::send("bob", 2, "in the batch")).sent().0, again, "a retry is idempotent");
-    assert_eq!(conversation(&mut bob, "alice"), vec![(before, "before".to_string()), (again, "in the batch".to_string())]);
+    assert_eq!(
+        conversation(&mut bob, "alice"),
+        vec![(before, "before".to_string()), (again, "in the batch".to_string())]
+    );
 }
 
 /// Starts a server on a fresh directory with the crash markers on.
@@ -183,11 +186,10 @@ fn a_crash_after_commit_keeps_the_batch_and_retries_get_the_original_answer() {
     let stored = conversation(&mut alice, "bob");
     let bodies: Vec<&str> = stored.iter().map(|(_, body)| body.as_str()).collect();
     assert_eq!(bodies, ["same batch", "CRASH-AFTER-COMMIT"]);
-    let retried: Vec<u64> =
-        [req::send("bob", 2, "same batch"), req::send("bob", 3, "CRASH-AFTER-COMMIT")]
-            .into_iter()
-            .map(|request| alice.call(request).sent().0)
-            .collect();
+    let retried: Vec<u64> = [req::send("bob", 2, "same batch"), req::send("bob", 3, "CRASH-AFTER-COMMIT")]
+        .into_iter()
+        .map(|request| alice.call(request).sent().0)
+        .collect();
     assert_eq!(retried, stored.iter().map(|(id, _)| *id).collect::<Vec<_>>(), "the original SENTs");
     assert_eq!(conversation(&mut alice, "bob").len(), 2, "nothing stored twice");
     // bob never acknowledged them: his device gets both at its next login.

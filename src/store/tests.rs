@@ -19,7 +19,11 @@ impl Rng {
 
 /// A store in a temporary directory with two users, and the model of what it holds: the ids
 /// of each channel and each id's kind.
-fn filled(flush_at: usize, messages: usize, seed: u64) -> (tempfile::TempDir, Store, BTreeMap<i64, Vec<(MessageId, bool)>>) {
+fn filled(
+    flush_at: usize,
+    messages: usize,
+    seed: u64,
+) -> (tempfile::TempDir, Store, BTreeMap<i64, Vec<(MessageId, bool)>>) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("t.db")).unwrap();
     store.set_posting_flush_at(flush_at);
@@ -144,15 +148,8 @@ fn a_rolled_back_batch_leaves_no_ids_in_the_tail_or_blocks() {
     let (_dir, mut store, model) = filled(50, 120, 3);
     let channel = Channel::direct(1, 2);
     let before: Vec<MessageId> = model[&channel.0].iter().map(|r| r.0).collect();
-    let doomed = NewMessage {
-        channel,
-        sender: 1,
-        client_msg_id: 9,
-        kind: MessageKind::Text,
-        sent_at: 0,
-        body: b"x",
-        device: 0,
-    };
+    let doomed =
+        NewMessage { channel, sender: 1, client_msg_id: 9, kind: MessageKind::Text, sent_at: 0, body: b"x", device: 0 };
     for _ in 0..60 {
         store.insert_message(&doomed).unwrap();
     }
