@@ -17,13 +17,12 @@ impl Rng {
     }
 }
 
+/// Each channel's ids, with whether the row is a chat text.
+type Model = BTreeMap<i64, Vec<(MessageId, bool)>>;
+
 /// A store in a temporary directory with two users, and the model of what it holds: the ids
 /// of each channel and each id's kind.
-fn filled(
-    flush_at: usize,
-    messages: usize,
-    seed: u64,
-) -> (tempfile::TempDir, Store, BTreeMap<i64, Vec<(MessageId, bool)>>) {
+fn filled(flush_at: usize, messages: usize, seed: u64) -> (tempfile::TempDir, Store, Model) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("t.db")).unwrap();
     store.set_posting_flush_at(flush_at);
@@ -41,7 +40,7 @@ fn filled(
     }
     assert!(store.finish_iteration());
     let channels = [Channel::direct(1, 2), Channel::group(1), Channel::group(7), Channel::events_of(1)];
-    let mut model: BTreeMap<i64, Vec<(MessageId, bool)>> = BTreeMap::new();
+    let mut model = Model::new();
     let mut rng = Rng(seed);
     for n in 0..messages {
         let channel = channels[rng.below(channels.len() as u64) as usize];
