@@ -5,6 +5,7 @@
 //! been handled ([`Store::commit`]). Nothing that depends on a write is sent before that commit.
 
 mod channel;
+mod checkpointer;
 mod contacts;
 mod devices;
 mod groups;
@@ -100,6 +101,11 @@ enum CrashPoint {
 /// of the batch's commit. Unset in production; crash tests set it (tests/faults.rs).
 pub const CRASH_MARKERS_ENV: &str = "IM_SERVER_TEST_CRASH_MARKERS";
 
+/// WAL size past which the loop completes a checkpoint itself, so that the WAL restarts from
+/// its beginning. It is also the `journal_size_limit`: at each restart the file is cut back to
+/// it, so the file growing past it means the WAL has.
+const WAL_LIMIT_BYTES: u64 = 16 << 20;
+
 /// The database, with the transaction state of the current loop iteration.
 pub struct Store {
     db: Connection,
@@ -113,6 +119,8 @@ pub struct Store {
     crash_at: Option<CrashPoint>,
     /// Tail length at which posting lists are written as blocks ([`posting::FLUSH_AT`]).
     flush_at: usize,
+    checkpointer: checkpointer::Checkpointer,
+    wal_path: std::path::PathBuf,
 }
 
 impl Store {
@@ -129,12 +137,14 @@ impl Store {
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 0;
              PRAGMA cache_size = -65536;
-             PRAGMA wal_autocheckpoint = 10000;",
+             PRAGMA wal_autocheckpoint = 0;
+             PRAGMA journal_size_limit = 16777216;",
         )?;
         db.set_prepared_statement_cache_capacity(64);
         schema::apply(&db)?;
         let next_message_id = messages::max_id(&db)? + 1;
         let tail = posting::Tail::load(&db)?;
+        let checkpointer = checkpointer::Checkpointer::start(path)?;
         Ok(Store {
             db,
             in_transaction: false,
@@ -146,6 +156,8 @@ impl Store {
             crash_markers: std::env::var(CRASH_MARKERS_ENV).is_ok_and(|v| v == "1"),
             crash_at: None,
             flush_at: posting::FLUSH_AT,
+            checkpointer,
+            wal_path: wal_path_of(path),
         })
     }
 
@@ -220,6 +232,8 @@ impl Store {
                     if flush {
                         self.tail.clear(up_to);
                     }
+                    self.checkpointer.nudge();
+                    self.restart_wal_if_long();
                     if crash_at == Some(CrashPoint::AfterCommit) {
                         log::warn!("test crash point: aborting after COMMIT");
                         std::process::abort();
@@ -253,6 +267,37 @@ impl Store {
         self.flush_at = n.max(1);
     }
 
+    /// Under sustained writes the background checkpointer copies the WAL but can never finish
+    /// it (the loop appends while it copies), and SQLite restarts the WAL from its beginning
+    /// only when a write starts on a fully copied one. So once the WAL passes
+    /// [`WAL_LIMIT_BYTES`], the loop copies the frames the checkpointer has not, itself,
+    /// between two batches: the next write then starts the WAL afresh. Measured at 100 pairs
+    /// and 400k deliveries/s: without it the WAL grew 60 MB a second.
+    fn restart_wal_if_long(&mut self) {
+        let wal_len = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        if wal_len <= WAL_LIMIT_BYTES {
+            return;
+        }
+        self.checkpointer.want_it();
+        let started = std::time::Instant::now();
+        let pass =
+            self.db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)));
+        match pass {
+            Ok((log, copied)) if copied == log => {
+                log::debug!("WAL of {log} pages completed in {:?} on the loop", started.elapsed());
+                self.checkpointer.leave_it();
+            }
+            Ok((log, copied)) => log::debug!("WAL of {log} pages, {copied} copied on the loop"),
+            // The checkpointer is ending a pass; it starts no other until the loop has done.
+            Err(e) => log::debug!("checkpoint on the loop deferred: {e}"),
+        }
+    }
+
+    /// WAL pages the last background checkpoint saw.
+    pub fn wal_pages(&self) -> i64 {
+        self.checkpointer.wal_pages()
+    }
+
     /// Whether a message id belongs to the transaction that is still open.
     pub fn is_uncommitted(&self, id: MessageId) -> bool {
         self.in_transaction && id >= self.first_uncommitted_id
@@ -269,7 +314,15 @@ impl Store {
     }
 
     /// Closes the database cleanly (checkpointing the WAL).
-    pub fn close(self) -> StoreResult<()> {
+    pub fn close(mut self) -> StoreResult<()> {
+        self.checkpointer.stop();
         self.db.close().map_err(|(_, e)| StoreError(e))
     }
+}
+
+/// SQLite's WAL file beside a database: its name with `-wal` appended.
+fn wal_path_of(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
 }
