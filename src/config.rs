@@ -17,8 +17,12 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// SQLite database file; created with the schema if missing.
-    #[arg(long, default_value = "./im-server.db")]
+    #[arg(long, default_value = "./im-server.db", global = true)]
     pub db: PathBuf,
+
+    /// Without a command: serve. `backup`: copy the database.
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
     /// Connections served at once; the next one gets SERVER_FULL and is closed.
     #[arg(long, default_value_t = 19_000)]
@@ -109,6 +113,18 @@ pub struct Config {
     /// Days after which a device that has not logged in or acknowledged is forgotten.
     #[arg(long, default_value_t = 90)]
     pub device_expiry_days: u32,
+}
+
+/// What the binary does besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Make a consistent copy of the database at --db while the server runs (it may also be
+    /// stopped). To restore, stop the server and start it with --db pointing at the copy.
+    Backup {
+        /// The copy to write; must not exist yet.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 impl Config {

@@ -1,7 +1,8 @@
-//! The im-server binary: parse arguments, start logging, open the store, run the loop.
+//! The im-server binary: parse arguments, start logging, open the store, run the loop (or
+//! run the `backup` command).
 
 use clap::Parser;
-use im_server::config::Config;
+use im_server::config::{Command, Config};
 use im_server::server::Server;
 use im_server::store::Store;
 use std::io::Write;
@@ -10,6 +11,18 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let config = Config::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Backup { to }) = &config.command {
+        return match im_server::store::backup(&config.db, to) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                log::error!("backup of {} failed: {e}", config.db.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let store = match Store::open(&config.db) {
         Ok(store) => store,
         Err(e) => {

@@ -4,6 +4,7 @@
 //! transaction ([`Store::begin_write`]), and the loop commits once after every ready event has
 //! been handled ([`Store::commit`]). Nothing that depends on a write is sent before that commit.
 
+mod backup;
 mod channel;
 mod checkpointer;
 mod contacts;
@@ -17,6 +18,7 @@ mod users;
 #[cfg(test)]
 mod tests;
 
+pub use backup::{BackupSummary, backup};
 pub use channel::Channel;
 pub use contacts::{Contact, ContactState};
 pub use devices::{DeviceId, DeviceRecord, DeviceRefusal};
