@@ -164,6 +164,7 @@ mod tests {
         o.respond(1, 8, |b| response::sent(b, 8, 1, 1));
         o.stage(2, FrameKind::Item { id: 1 }, |b| response::sync_done(b, 0));
         o.end_command(true);
+        assert!(!o.is_empty());
         let mut got = Vec::new();
         o.drain(false, |to, _, bytes, _| got.push((to, bytes[4], bytes.to_vec())));
         assert_eq!(got.len(), 2);

@@ -55,6 +55,24 @@ fn acknowledging_k_messages_makes_room_for_exactly_k() {
     assert_eq!(alice.call(req::send("bob", 8, "full again")).error_code(), Some(code::RECIPIENT_QUEUE_FULL));
 }
 
+/// Catches: a READ at or below the stored position pushed or stored again (the check that
+/// it moved forward skipped). A second READ of the same id is answered OK and pushes nothing;
+/// a READ of a conversation without messages stores and pushes nothing.
+#[test]
+fn a_read_that_does_not_move_forward_pushes_nothing() {
+    let server = TestServer::start();
+    let (mut alice, mut bob) = alice_and_bob(&server);
+    assert_eq!(bob.call(req::read("alice", 5)), Message::Ok, "nothing to read yet");
+    alice.assert_quiet();
+    let (id, _) = alice.call(req::send("bob", 1, "read me")).sent();
+    bob.push();
+    assert_eq!(bob.call(req::read("alice", id)), Message::Ok);
+    assert!(matches!(alice.push(), Message::ReadReceipt { up_to_message_id, .. } if up_to_message_id == id));
+    assert_eq!(bob.call(req::read("alice", id)), Message::Ok);
+    assert_eq!(bob.call(req::read("alice", id - 1)), Message::Ok);
+    alice.assert_quiet();
+}
+
 /// Catches: a sender's other devices getting no copy when no recipient is online.
 #[test]
 fn a_senders_other_devices_get_a_copy_when_the_recipient_is_offline() {
