@@ -124,6 +124,7 @@ ERROR_NAMES = {
     28: "RECIPIENT_QUEUE_FULL",
     29: "TOO_MANY_SESSIONS",
     30: "LOGIN_TIMEOUT",
+    33: "FRAME_TIMEOUT",
 }
 ERROR_CODES = {name: code for code, name in ERROR_NAMES.items()}
 

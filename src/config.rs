@@ -36,6 +36,11 @@ pub struct Config {
     #[arg(long, default_value_t = 120)]
     pub idle_timeout: u64,
 
+    /// Seconds a frame may take to arrive once its first byte is in; a slower one gets
+    /// FRAME_TIMEOUT and the connection is closed. Never longer than --idle-timeout.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub frame_timeout: u64,
+
     /// Lowest PBKDF2 iteration count REGISTER accepts.
     #[arg(long, default_value_t = 100_000)]
     pub min_kdf_iterations: u32,
@@ -101,6 +106,12 @@ pub struct Config {
 impl Config {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout)
+    }
+
+    /// `--frame-timeout`, at most `--idle-timeout`: a frame slower than the idle timeout would
+    /// have been cut off by it anyway.
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_secs(self.frame_timeout.min(self.idle_timeout))
     }
 
     pub fn login_timeout(&self) -> Duration {

@@ -41,6 +41,7 @@ pub enum CloseReason {
     IdleTimeout,
     TooManyAttempts,
     LoginTimeout,
+    FrameTimeout,
     SlowReader,
     ShuttingDown,
 }
@@ -71,7 +72,12 @@ pub struct Conn {
     pub socket: TcpStream,
     pub peer: IpAddr,
     pub state: ConnState,
+    /// When the last complete frame arrived: the idle timeout counts from here. Bytes alone do
+    /// not count, or a client sending one byte a second would never be idle.
     pub last_frame_at: Instant,
+    /// When the first byte of the frame still being received arrived, if one is: the frame
+    /// timeout counts from here.
+    pub partial_frame_since: Option<Instant>,
     /// When the connection last became unauthenticated (accepted, or logged out): the login
     /// timeout counts from here.
     pub unauthenticated_since: Instant,
@@ -97,6 +103,7 @@ impl Conn {
             peer,
             state: ConnState::AwaitHello,
             last_frame_at: now,
+            partial_frame_since: None,
             unauthenticated_since: now,
             over_soft_limit_since: None,
             read_paused: false,
@@ -136,12 +143,22 @@ impl Conn {
         std::mem::take(&mut self.read_buf)
     }
 
-    /// Keeps the unparsed tail of a read for the next one. An empty tail frees the buffer.
-    pub fn keep_read_buf(&mut self, mut buf: Vec<u8>) {
+    /// Keeps the unparsed tail of a read for the next one. An empty tail frees the buffer; a
+    /// tail that begins a new frame starts the frame timeout at `now`.
+    pub fn keep_read_buf(&mut self, mut buf: Vec<u8>, now: Instant) {
         if buf.is_empty() {
             buf = Vec::new();
+            self.partial_frame_since = None;
+        } else {
+            self.partial_frame_since.get_or_insert(now);
         }
         self.read_buf = buf;
+    }
+
+    /// Records a complete frame: the idle timer restarts, and whatever follows is a new frame.
+    pub fn frame_received(&mut self, now: Instant) {
+        self.last_frame_at = now;
+        self.partial_frame_since = None;
     }
 
     /// Appends frame bytes to the write queue.

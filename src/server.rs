@@ -107,7 +107,7 @@ impl Server {
     }
 
     fn sweep_interval(config: &Config) -> Duration {
-        (config.idle_timeout() / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+        (config.frame_timeout() / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 
     /// Serves until SIGINT or SIGTERM, then shuts down cleanly.
@@ -232,7 +232,6 @@ impl Server {
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    conn.last_frame_at = now;
                     if pending.is_empty() {
                         // The common case: parse straight from the shared buffer, keep only a tail.
                         let used = handle_frames(&mut ctx, token, conn, &scratch[..n]);
@@ -252,7 +251,7 @@ impl Server {
                 }
             }
         }
-        conn.keep_read_buf(pending);
+        conn.keep_read_buf(pending, now);
         if conn.closing().is_some() {
             self.closing.insert(token);
         } else if conn.read_paused {
@@ -263,18 +262,27 @@ impl Server {
         }
     }
 
-    /// The once-a-tick timers: idle timeout, login timeout, and slow readers held above the
-    /// soft limit for too long.
+    /// The once-a-tick timers: idle timeout, frame timeout, login timeout, and slow readers held
+    /// above the soft limit for too long.
     fn sweep_idle(&mut self, now: Instant) {
         let idle = self.config.idle_timeout();
+        let frame = self.config.frame_timeout();
         let login = self.config.login_timeout();
         let soft = Duration::from_secs(self.config.write_queue_soft_seconds);
         for (token, conn) in self.conns.iter_mut() {
             if conn.closing().is_some() {
                 continue;
             }
-            let (code, reason, message) = if now.duration_since(conn.last_frame_at) >= idle {
+            // A paused connection's unread frames wait for the server, not for the client.
+            let waiting_for_client = !conn.read_paused;
+            let (code, reason, message) = if waiting_for_client && now.duration_since(conn.last_frame_at) >= idle {
                 (ErrorCode::IdleTimeout, CloseReason::IdleTimeout, "no frame received within the idle timeout")
+            } else if waiting_for_client && conn.partial_frame_since.is_some_and(|t| now.duration_since(t) >= frame) {
+                (
+                    ErrorCode::FrameTimeout,
+                    CloseReason::FrameTimeout,
+                    "a frame took longer than the frame timeout to arrive",
+                )
             } else if !conn.is_authenticated() && now.duration_since(conn.unauthenticated_since) >= login {
                 (ErrorCode::LoginTimeout, CloseReason::LoginTimeout, "not logged in within the login timeout")
             } else if conn.over_soft_limit_since.is_some_and(|t| now.duration_since(t) >= soft) {
@@ -505,6 +513,7 @@ pub fn handle_frames(ctx: &mut Ctx, token: usize, conn: &mut Conn, data: &[u8]) 
                 conn.close(CloseReason::ProtocolError);
             }
             FrameCheck::Complete { total } => {
+                conn.frame_received(ctx.now);
                 cmd::dispatch(ctx, token, conn, FrameHeader::parse(&data[used..used + total]));
                 used += total;
             }

@@ -65,6 +65,8 @@ pub mod code {
     pub const RECIPIENT_QUEUE_FULL: u16 = 28;
     pub const TOO_MANY_SESSIONS: u16 = 29;
     pub const LOGIN_TIMEOUT: u16 = 30;
+    // 31 and 32 belong to device sync.
+    pub const FRAME_TIMEOUT: u16 = 33;
 }
 
 /// Opcodes, PROTOCOL.md §3.
@@ -874,6 +876,11 @@ impl Client {
     pub fn write_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).expect("write to im-server");
         self.writer.flush().unwrap();
+    }
+
+    /// A second handle on the socket, for writing from another thread while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.writer.try_clone().expect("clone the socket")
     }
 
     /// Writes bytes one at a time, each in its own `write` and flush.
