@@ -24,6 +24,11 @@ pub struct Config {
     #[arg(long, default_value_t = 19_000)]
     pub max_connections: usize,
 
+    /// Seconds a client may wait in the listen backlog while the server has no file descriptor
+    /// left (accepting is retried every 100 ms); then it gets SERVER_FULL and is closed.
+    #[arg(long, default_value_t = 1)]
+    pub out_of_fds_wait: u64,
+
     /// Largest frame accepted after login, in bytes (the length field's value).
     #[arg(long, default_value_t = 65_536)]
     pub max_frame: u32,

@@ -12,8 +12,10 @@
 //! - [`cmd`]: one file per command family; each parses, applies to store and world, answers.
 //! - [`sync`]: the paged push of a user's offline backlog after login.
 //! - [`conn`]: one connection — socket, state machine, read buffer, write queue.
+//! - [`acceptor`]: taking new connections, and surviving the lack of file descriptors.
 //! - [`server`]: the mio poll loop — accept, read, dispatch, commit, flush, close.
 
+pub mod acceptor;
 pub mod cmd;
 pub mod config;
 pub mod conn;

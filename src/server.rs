@@ -6,6 +6,7 @@
 //! only then close what was marked to close. Nothing that acknowledges a write leaves before
 //! the commit that makes it durable.
 
+use crate::acceptor::{self, Acceptor};
 use crate::cmd::{self, Ctx};
 use crate::config::Config;
 use crate::conn::{CloseReason, Conn};
@@ -15,12 +16,12 @@ use crate::protocol::{ErrorCode, response};
 use crate::store::Store;
 use crate::world::World;
 use foldhash::{HashSet, HashSetExt};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,7 +39,8 @@ const READ_BUDGET: usize = 4 * READ_CHUNK;
 pub struct Server {
     config: Config,
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// `None` once shutting down.
+    acceptor: Option<Acceptor>,
     signals: Signals,
     conns: Slab<Conn>,
     store: Store,
@@ -71,8 +73,8 @@ impl Server {
     /// [`run`]: Server::run
     pub fn bind(config: Config, store: Store) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut acceptor = Acceptor::bind(config.listen, Duration::from_secs(config.out_of_fds_wait))?;
+        poll.registry().register(acceptor.listener_mut(), LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let server_secret = store.server_secret().map_err(io::Error::other)?;
@@ -80,7 +82,7 @@ impl Server {
         world.retries.rebuild(&store).map_err(io::Error::other)?;
         Ok(Server {
             poll,
-            listener: Some(listener),
+            acceptor: Some(acceptor),
             signals,
             // Reserved up front (address space only until used) so that growing never doubles
             // the table and copies it: an idle connection costs its own entry and no slack.
@@ -103,7 +105,7 @@ impl Server {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.as_ref().map_or(Err(io::ErrorKind::NotConnected.into()), |l| l.local_addr())
+        self.acceptor.as_ref().map_or(Err(io::ErrorKind::NotConnected.into()), |a| a.local_addr())
     }
 
     fn sweep_interval(config: &Config) -> Duration {
@@ -117,7 +119,8 @@ impl Server {
             let timeout = if self.backlog_waiting() || !self.read_again.is_empty() {
                 Duration::ZERO
             } else {
-                self.next_sweep.saturating_duration_since(Instant::now())
+                let sweep = self.next_sweep.saturating_duration_since(Instant::now());
+                self.acceptor.as_ref().and_then(Acceptor::retry_in).map_or(sweep, |retry| retry.min(sweep))
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -129,6 +132,10 @@ impl Server {
             let now_ms = now_ms();
             for token in std::mem::take(&mut self.read_again) {
                 self.read_conn(token, now, now_ms);
+            }
+            // Clients waiting for a file descriptor get no event of their own.
+            if self.acceptor.as_ref().is_some_and(|a| a.retry_in().is_some()) {
+                self.accept_all(now);
             }
             for event in events.iter() {
                 match event.token() {
@@ -170,35 +177,23 @@ impl Server {
     }
 
     fn accept_all(&mut self, now: Instant) {
-        let Some(listener) = self.listener.as_ref() else { return };
-        loop {
-            match listener.accept() {
-                Ok((mut socket, addr)) => {
-                    if self.conns.len() >= self.config.max_connections {
-                        log::warn!("refusing {addr}: {} connections open", self.conns.len());
-                        let mut frame = Vec::new();
-                        response::error(&mut frame, 0, ErrorCode::ServerFull, "the server is full; try again later");
-                        // A new socket's send buffer is empty: one write takes the whole frame.
-                        let _ = socket.write(&frame);
-                        continue;
-                    }
-                    let entry = self.conns.vacant_entry();
-                    let token = entry.key();
-                    if let Err(e) = self.poll.registry().register(&mut socket, Token(token), Interest::READABLE) {
-                        log::error!("cannot register a connection: {e}");
-                        continue;
-                    }
-                    let _ = socket.set_nodelay(true);
-                    entry.insert(Conn::new(socket, addr.ip(), now));
-                    log::debug!("connection {token} from {addr}");
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("accept failed: {e}");
-                    break;
-                }
+        let Server { acceptor, conns, poll, config, .. } = self;
+        let Some(acceptor) = acceptor.as_mut() else { return };
+        while let Some((mut socket, addr)) = acceptor.next(now) {
+            if conns.len() >= config.max_connections {
+                log::warn!("refusing {addr}: {} connections open", conns.len());
+                acceptor::refuse(socket, "the server is full; try again later");
+                continue;
             }
+            let entry = conns.vacant_entry();
+            let token = entry.key();
+            if let Err(e) = poll.registry().register(&mut socket, Token(token), Interest::READABLE) {
+                log::error!("cannot register a connection: {e}");
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            entry.insert(Conn::new(socket, addr.ip(), now));
+            log::debug!("connection {token} from {addr}");
         }
     }
 
@@ -300,8 +295,8 @@ impl Server {
     }
 
     fn close_all(&mut self) {
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        if let Some(mut acceptor) = self.acceptor.take() {
+            let _ = self.poll.registry().deregister(acceptor.listener_mut());
         }
         for (token, conn) in self.conns.iter_mut() {
             if conn.closing().is_none() {

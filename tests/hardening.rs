@@ -4,6 +4,7 @@
 mod support;
 
 use std::io::Write;
+use std::net::Shutdown;
 use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
@@ -52,4 +53,66 @@ fn a_frame_slower_than_the_frame_timeout_is_refused() {
     eprintln!("a frame cut short was closed after {elapsed:?}");
     assert!(elapsed < Duration::from_secs(6), "closed after {elapsed:?}");
     writer.join().unwrap();
+}
+
+/// The descriptor limit the server is started with in the test below.
+const FD_LIMIT: usize = 128;
+
+/// The server's descriptors numbered below [`FD_LIMIT`]: the ones the limit applies to (a
+/// descriptor inherited from the test harness may have a higher number).
+fn open_fds(server: &TestServer) -> usize {
+    let entries = std::fs::read_dir(format!("/proc/{}/fd", server.pid())).expect("server fd directory");
+    let numbers = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok());
+    numbers.filter(|&n| n < FD_LIMIT).count()
+}
+
+/// Waits until the server holds `expected` descriptors: accepting and closing are asynchronous.
+fn await_fds(server: &TestServer, expected: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = open_fds(server);
+        if now == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server holds {now} descriptors, expected {expected}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn out_of_descriptors_the_overflow_is_refused_and_a_waiting_client_is_served_later() {
+    let server = TestServer::start_with_fd_limit(
+        FD_LIMIT as u32,
+        &["--login-timeout", "600", "--idle-timeout", "600", "--out-of-fds-wait", "3"],
+    );
+    let baseline = open_fds(&server);
+    let mut crowd: Vec<Client> = (0..160).map(|_| server.connect()).collect();
+    // The server accepts until it holds every descriptor it may (the listen backlog keeps the
+    // rest), in the order the clients connected.
+    await_fds(&server, FD_LIMIT);
+    let accepted = FD_LIMIT - baseline;
+    eprintln!("{baseline} descriptors at rest; {accepted} of 160 connections accepted under a limit of {FD_LIMIT}");
+    assert!((100..160).contains(&accepted), "{accepted} accepted");
+    // The overflow waited in the backlog; after --out-of-fds-wait each is told SERVER_FULL.
+    for client in &mut crowd[accepted..] {
+        client.assert_error_and_close(code::SERVER_FULL);
+    }
+    let mut served = crowd.split_off(0);
+    served.truncate(accepted);
+    for client in &mut served {
+        assert_eq!(client.call(req::ping()), Message::Pong);
+    }
+    assert_eq!(open_fds(&server), FD_LIMIT, "the refusals gave their descriptors back");
+
+    // One more client asks while the server is still out of descriptors; then the crowd leaves.
+    let mut waiting = server.connect();
+    let ping = waiting.send(&req::ping());
+    let left = Instant::now();
+    for client in served {
+        client.writer().shutdown(Shutdown::Both).unwrap();
+    }
+    // No other connection arrives, yet the waiting client is served once descriptors are free.
+    assert_eq!(waiting.response(ping), Message::Pong);
+    eprintln!("the waiting client was served {:?} after the crowd left", left.elapsed());
+    await_fds(&server, baseline + 1);
 }

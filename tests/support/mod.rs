@@ -677,13 +677,31 @@ impl TestServer {
 
     /// A server on the database of an earlier one (see [`TestServer::terminate`]).
     pub fn start_in(dir: TempDir, args: &[&str]) -> Self {
+        Self::launch(dir, args, None)
+    }
+
+    /// A server allowed at most `limit` open file descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(limit: u32, args: &[&str]) -> Self {
+        Self::launch(tempfile::tempdir().expect("temporary directory"), args, Some(limit))
+    }
+
+    fn launch(dir: TempDir, args: &[&str], fd_limit: Option<u32>) -> Self {
         let db = dir.path().join("im.db");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.path().join("server.log"))
             .expect("server log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_im-server"));
+        let binary = env!("CARGO_BIN_EXE_im-server");
+        let mut command = match fd_limit {
+            None => Command::new(binary),
+            // `exec` keeps the process id, so `pid()` is still the server's.
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\""), binary]);
+                shell
+            }
+        };
         command.arg("--listen").arg("127.0.0.1:0").arg("--db").arg(&db);
         // Test defaults, each unless the test sets the flag itself: cheap key derivation, and
         // no registration, send-rate or offline-queue limits for tests that register many users
