@@ -102,6 +102,26 @@ pub struct Config {
     #[arg(long)]
     pub trust_loopback: bool,
 
+    /// Groups one user may be in, the lobby included; GROUP_CREATE or GROUP_INVITE past it
+    /// gets TOO_MANY_GROUPS. At most 65,535, the most GROUP_LIST can count.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_groups_per_user: u32,
+
+    /// Members one group may have (not the lobby, which holds every user); GROUP_INVITE past
+    /// it gets GROUP_FULL.
+    #[arg(long, default_value_t = 1_024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_group_members: u32,
+
+    /// Friend requests one user may have pending, sent and received each; FRIEND_REQUEST past
+    /// either gets TOO_MANY_REQUESTS. At most 65,535, the most FRIEND_LIST can count.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_pending_requests: u32,
+
+    /// Friends one user may have; FRIEND_REQUEST or FRIEND_ACCEPT past it gets
+    /// TOO_MANY_FRIENDS. At most 65,535, the most FRIEND_LIST can count.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_friends: u32,
+
     /// Undelivered direct messages held for one recipient; past it the sender gets
     /// RECIPIENT_QUEUE_FULL and nothing is stored. 0 means unlimited.
     #[arg(long, default_value_t = 10_000)]
@@ -129,5 +149,20 @@ impl Config {
         config.listen = listen;
         config.db = db;
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use clap::Parser;
+
+    #[test]
+    fn caps_that_feed_a_u16_count_cannot_exceed_it() {
+        for flag in ["--max-groups-per-user", "--max-pending-requests", "--max-friends"] {
+            assert!(Config::try_parse_from(["im-server", flag, "65535"]).is_ok(), "{flag}");
+            assert!(Config::try_parse_from(["im-server", flag, "65536"]).is_err(), "{flag}");
+            assert!(Config::try_parse_from(["im-server", flag, "0"]).is_err(), "{flag}");
+        }
     }
 }

@@ -116,3 +116,82 @@ fn out_of_descriptors_the_overflow_is_refused_and_a_waiting_client_is_served_lat
     eprintln!("the waiting client was served {:?} after the crowd left", left.elapsed());
     await_fds(&server, baseline + 1);
 }
+
+/// Logs in each name (registered first) and makes the first one friends with all the others:
+/// on protocol version 2 only friends may be invited to a group.
+fn befriended(server: &TestServer, names: &[&str]) -> Vec<Client> {
+    let mut clients: Vec<Client> = names.iter().map(|name| server.user(name)).collect();
+    let (first, others) = clients.split_first_mut().unwrap();
+    for other in others {
+        make_friends(first, other);
+    }
+    clients
+}
+
+#[test]
+fn groups_per_user_are_capped() {
+    let server = TestServer::start_with(&["--max-groups-per-user", "3"]);
+    let mut clients = befriended(&server, &["alice", "bob"]);
+    // The lobby is the first of the three.
+    for name in ["one", "two"] {
+        assert!(matches!(clients[0].call(req::group_create(name)), Message::GroupCreated { .. }));
+    }
+    assert_eq!(clients[0].call(req::group_create("three")).error_code(), Some(code::TOO_MANY_GROUPS));
+    let Message::GroupList(groups) = clients[0].call(req::group_list()) else { panic!("expected GROUP_LIST") };
+    assert_eq!(groups.len(), 3);
+    // Bob's own groups fill his room, so he cannot be invited to alice's.
+    let bobs = (0..2).map(|n| clients[1].call(req::group_create(&format!("b{n}")))).collect::<Vec<_>>();
+    assert!(bobs.iter().all(|reply| matches!(reply, Message::GroupCreated { .. })), "{bobs:?}");
+    let alices = groups.iter().find(|g| g.name == "one").unwrap().group_id;
+    assert_eq!(clients[0].call(req::group_invite(alices, "bob")).error_code(), Some(code::TOO_MANY_GROUPS));
+}
+
+#[test]
+fn group_members_are_capped_except_in_the_lobby() {
+    let server = TestServer::start_with(&["--max-group-members", "2"]);
+    let mut clients = befriended(&server, &["alice", "bob", "carol"]);
+    let group = clients[0].call(req::group_create("pair")).group_id();
+    assert_eq!(clients[0].call(req::group_invite(group, "bob")), Message::Ok);
+    assert_eq!(clients[0].call(req::group_invite(group, "carol")).error_code(), Some(code::GROUP_FULL));
+    // The lobby holds every user whatever the cap.
+    let Message::GroupMembers { members, .. } = clients[0].call(req::group_members(LOBBY)) else {
+        panic!("expected GROUP_MEMBERS")
+    };
+    assert_eq!(members.len(), 3);
+}
+
+#[test]
+fn pending_friend_requests_are_capped_both_ways() {
+    let server = TestServer::start_with(&["--max-pending-requests", "2"]);
+    server.register_all(&["bob", "carol", "dave", "erin", "frank"]);
+    let mut alice = server.user("alice");
+    for name in ["bob", "carol"] {
+        assert_eq!(alice.call(req::friend_request(name)), Message::FriendRequestOk { outcome: 0 });
+    }
+    assert_eq!(alice.call(req::friend_request("dave")).error_code(), Some(code::TOO_MANY_REQUESTS));
+    // Bob has alice's request; two more strangers fill his incoming requests.
+    let (mut erin, _) = server.login("erin");
+    assert_eq!(erin.call(req::friend_request("bob")), Message::FriendRequestOk { outcome: 0 });
+    let (mut frank, _) = server.login("frank");
+    assert_eq!(frank.call(req::friend_request("bob")).error_code(), Some(code::TOO_MANY_REQUESTS));
+    // Answering a request makes room.
+    let (mut bob, _) = server.login("bob");
+    assert_eq!(bob.call(req::friend_decline("erin")), Message::Ok);
+    assert_eq!(frank.call(req::friend_request("bob")), Message::FriendRequestOk { outcome: 0 });
+    let Message::FriendList(list) = bob.call(req::friend_list()) else { panic!("expected FRIEND_LIST") };
+    assert_eq!(list.incoming, ["alice", "frank"]);
+}
+
+#[test]
+fn friends_are_capped() {
+    let server = TestServer::start_with(&["--max-friends", "1"]);
+    let mut clients = befriended(&server, &["alice", "bob"]);
+    let mut carol = server.user("carol");
+    // Alice has her one friend: she may not ask for another, nor accept one.
+    assert_eq!(clients[0].call(req::friend_request("carol")).error_code(), Some(code::TOO_MANY_FRIENDS));
+    assert_eq!(carol.call(req::friend_request("alice")), Message::FriendRequestOk { outcome: 0 });
+    assert_eq!(clients[0].call(req::friend_accept("carol")).error_code(), Some(code::TOO_MANY_FRIENDS));
+    // Once bob is gone there is room for carol.
+    assert_eq!(clients[0].call(req::friend_remove("bob")), Message::Ok);
+    assert_eq!(clients[0].call(req::friend_accept("carol")), Message::Ok);
+}

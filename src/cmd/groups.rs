@@ -1,7 +1,7 @@
 //! GROUP_CREATE, GROUP_INVITE, GROUP_LEAVE, GROUP_MEMBERS, GROUP_LIST, GROUP_SEND.
 
 use super::chat::{answer_retry, fan_out, store_text};
-use super::{Ctx, Origin, Outcome, check_body, name_of, refuse, take_send_token};
+use super::{Ctx, Origin, Outcome, caps, check_body, name_of, refuse, take_send_token};
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery, GroupEntry, GroupEvent, MemberEntry};
@@ -33,6 +33,7 @@ fn group_event(ctx: &mut Ctx, group: GroupId, event: GroupEvent, username: &str)
 }
 
 pub fn create(ctx: &mut Ctx, o: &mut Origin, me: UserId, name: &str) -> Outcome {
+    caps::check_create_group(ctx, me)?;
     let chars = name.chars().count();
     if !(1..=64).contains(&chars) || name.trim().is_empty() {
         return refuse(ErrorCode::InvalidArgument, "a group name is 1 to 64 characters");
@@ -45,6 +46,7 @@ pub fn create(ctx: &mut Ctx, o: &mut Origin, me: UserId, name: &str) -> Outcome 
 }
 
 pub fn invite(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, username: &str) -> Outcome {
+    caps::check_invite(ctx, me, group_id, username)?;
     let group = member_group(ctx, me, group_id)?;
     let Some((them, their_name)) = ctx.store.find_user_id(&username.to_ascii_lowercase())? else {
         return refuse(ErrorCode::UserNotFound, "there is no user with that name");
@@ -98,8 +100,9 @@ pub fn list(ctx: &mut Ctx, o: &mut Origin, me: UserId) -> Outcome {
         .into_iter()
         .map(|g| GroupEntry { group_id: g.id as u64, name: g.name, owner: g.owner, members: g.members })
         .collect();
+    let groups = caps::list16(&groups, ErrorCode::TooManyGroups, "you are in more groups than a list can hold")?;
     let rid = o.request_id;
-    ctx.outbox.respond(o.token, rid, |b| response::group_list(b, rid, &groups));
+    ctx.outbox.respond(o.token, rid, |b| response::group_list(b, rid, groups));
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! HISTORY: pages of a conversation, newest first, for its participants only.
 
-use super::{Ctx, Origin, Outcome, refuse};
+use super::{Ctx, Origin, Outcome, caps, refuse};
 use crate::protocol::ErrorCode;
 use crate::protocol::request::HistoryTarget;
 use crate::protocol::response::{self, HistoryEntry};
@@ -49,7 +49,9 @@ pub fn page(ctx: &mut Ctx, o: &mut Origin, me: UserId, target: HistoryTarget, be
             body: String::from_utf8_lossy(&r.body).into_owned(),
         })
         .collect();
+    // At most MAX_LIMIT entries: always a list for a u16 count.
+    let entries = caps::list16(&entries, ErrorCode::InvalidArgument, "limit must be 1 to 200")?;
     let rid = o.request_id;
-    ctx.outbox.respond(o.token, rid, |b| response::history_page(b, rid, &entries, next_before));
+    ctx.outbox.respond(o.token, rid, |b| response::history_page(b, rid, entries, next_before));
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! world, and stages its answer and pushes in the outbox. No handler does socket IO.
 
 mod auth;
+mod caps;
 mod chat;
 mod friends;
 mod groups;

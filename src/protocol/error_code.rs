@@ -36,11 +36,15 @@ pub enum ErrorCode {
     LoginTimeout = 30,
     // 31 and 32 belong to device sync.
     FrameTimeout = 33,
+    TooManyGroups = 34,
+    GroupFull = 35,
+    TooManyRequests = 36,
+    TooManyFriends = 37,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (numbers may skip: a gap is a code reserved elsewhere).
-    pub const ALL: [ErrorCode; 31] = {
+    pub const ALL: [ErrorCode; 35] = {
         use ErrorCode::*;
         [
             MalformedFrame,
@@ -74,6 +78,10 @@ impl ErrorCode {
             TooManySessions,
             LoginTimeout,
             FrameTimeout,
+            TooManyGroups,
+            GroupFull,
+            TooManyRequests,
+            TooManyFriends,
         ]
     };
 

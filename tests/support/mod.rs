@@ -67,6 +67,10 @@ pub mod code {
     pub const LOGIN_TIMEOUT: u16 = 30;
     // 31 and 32 belong to device sync.
     pub const FRAME_TIMEOUT: u16 = 33;
+    pub const TOO_MANY_GROUPS: u16 = 34;
+    pub const GROUP_FULL: u16 = 35;
+    pub const TOO_MANY_REQUESTS: u16 = 36;
+    pub const TOO_MANY_FRIENDS: u16 = 37;
 }
 
 /// Opcodes, PROTOCOL.md §3.
