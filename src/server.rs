@@ -9,7 +9,7 @@
 use crate::acceptor::{self, Acceptor};
 use crate::cmd::{self, Ctx};
 use crate::config::Config;
-use crate::conn::{CloseReason, Conn};
+use crate::conn::{CloseReason, Conn, ConnState};
 use crate::outbox::{FrameKind, Outbox};
 use crate::protocol::frame::{self, FrameCheck, FrameHeader};
 use crate::protocol::{ErrorCode, response};
@@ -145,7 +145,7 @@ impl Server {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_conn(i, now, now_ms);
                         }
-                        if event.is_writable() {
+                        if event.is_writable() || event.is_write_closed() || event.is_error() {
                             self.dirty.insert(i);
                         }
                     }
@@ -257,8 +257,8 @@ impl Server {
         }
     }
 
-    /// The once-a-tick timers: idle timeout, frame timeout, login timeout, and slow readers held
-    /// above the soft limit for too long.
+    /// The once-a-tick timers: idle timeout, frame timeout, login timeout, slow readers held
+    /// above the soft limit for too long, and closed connections that lingered long enough.
     fn sweep_idle(&mut self, now: Instant) {
         let idle = self.config.idle_timeout();
         let frame = self.config.frame_timeout();
@@ -266,6 +266,11 @@ impl Server {
         let soft = Duration::from_secs(self.config.write_queue_soft_seconds);
         for (token, conn) in self.conns.iter_mut() {
             if conn.closing().is_some() {
+                if conn.linger_until.is_some_and(|t| now >= t) {
+                    // The client did not read its last frames in time.
+                    conn.discard_output();
+                    self.closing.insert(token);
+                }
                 continue;
             }
             // A paused connection's unread frames wait for the server, not for the client.
@@ -282,7 +287,10 @@ impl Server {
                 (ErrorCode::LoginTimeout, CloseReason::LoginTimeout, "not logged in within the login timeout")
             } else if conn.over_soft_limit_since.is_some_and(|t| now.duration_since(t) >= soft) {
                 log::warn!("connection {token}: closing a slow reader ({} bytes queued)", conn.queued_bytes());
-                (ErrorCode::SlowReader, CloseReason::SlowReader, "the connection did not read what it was sent")
+                close_slow_reader(conn);
+                self.dirty.insert(token);
+                self.closing.insert(token);
+                continue;
             } else {
                 continue;
             };
@@ -403,18 +411,26 @@ impl Server {
             let Some(conn) = self.conns.get_mut(token) else { continue };
             if let Err(e) = conn.flush() {
                 log::debug!("connection {token}: write failed: {e}");
+                conn.discard_output();
                 conn.close(CloseReason::IoError);
                 self.closing.insert(token);
                 continue;
             }
             let queued = conn.queued_bytes();
-            if queued > self.config.write_queue_hard_limit {
+            if conn.closing().is_some() {
+                // Closed, and lingering at most until its last frames are written.
+                if queued == 0 {
+                    self.closing.insert(token);
+                }
+            } else if queued > self.config.write_queue_hard_limit {
                 log::warn!("connection {token}: closing a slow reader ({queued} bytes queued)");
-                conn.close(CloseReason::SlowReader);
+                close_slow_reader(conn);
                 self.closing.insert(token);
-                continue;
-            }
-            if queued > self.config.write_queue_soft_limit {
+                if let Err(e) = conn.flush() {
+                    log::debug!("connection {token}: write failed: {e}");
+                    conn.discard_output();
+                }
+            } else if queued > self.config.write_queue_soft_limit {
                 conn.over_soft_limit_since.get_or_insert_with(Instant::now);
             } else {
                 conn.over_soft_limit_since = None;
@@ -425,6 +441,7 @@ impl Server {
                     Ok(()) => conn.set_writable_interest(want),
                     Err(e) => {
                         log::error!("connection {token}: cannot change interest: {e}");
+                        conn.discard_output();
                         conn.close(CloseReason::IoError);
                         self.closing.insert(token);
                     }
@@ -451,15 +468,19 @@ impl Server {
         });
     }
 
-    /// Removes every connection marked to close, ending its session first.
+    /// Ends the session of every connection marked to close, and removes it, unless it is
+    /// left to linger until its last frames are written (for at most
+    /// `--write-queue-soft-seconds`, the time any reader is given to catch up).
     fn remove_closing(&mut self) {
+        let now = Instant::now();
+        let linger = Duration::from_secs(self.config.write_queue_soft_seconds);
         let tokens: Vec<usize> = self.closing.drain().collect();
         for token in tokens {
-            if !self.conns.contains(token) {
-                continue;
-            }
-            let mut conn = self.conns.remove(token);
+            let Some(conn) = self.conns.get_mut(token) else { continue };
             if let Some(user) = conn.user() {
+                // The socket may outlive the session: it is over now.
+                conn.state = ConnState::Unauthenticated;
+                conn.backlog = None;
                 let mut ctx = Ctx {
                     store: &mut self.store,
                     world: &mut self.world,
@@ -467,10 +488,17 @@ impl Server {
                     config: &self.config,
                     server_secret: &self.server_secret,
                     now_ms: now_ms(),
-                    now: Instant::now(),
+                    now,
                 };
                 cmd::end_session(&mut ctx, token, user);
             }
+            let conn = &mut self.conns[token];
+            let lingers = conn.closing().is_some_and(CloseReason::lingers) && conn.queued_bytes() > 0;
+            if lingers && conn.linger_until.is_none_or(|until| now < until) {
+                conn.linger_until.get_or_insert(now + linger);
+                continue;
+            }
+            let mut conn = self.conns.remove(token);
             self.syncing.remove(&token);
             self.dirty.remove(&token);
             self.paused.remove(&token);
@@ -480,6 +508,16 @@ impl Server {
             drop::<TcpStream>(conn.socket);
         }
     }
+}
+
+/// Closes a connection that does not read what it is sent. Its frames not yet begun on the
+/// wire are dropped (the items among them were never acknowledged, so they wait for its next
+/// login) and `ERROR SLOW_READER` takes their place, so the client learns why.
+fn close_slow_reader(conn: &mut Conn) {
+    let mut frame = Vec::new();
+    response::error(&mut frame, 0, ErrorCode::SlowReader, "the connection did not read what it was sent");
+    conn.replace_unsent_with_last(&frame);
+    conn.close(CloseReason::SlowReader);
 }
 
 /// Handles every complete frame at the front of `data`; returns the bytes consumed. Public so

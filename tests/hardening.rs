@@ -195,3 +195,80 @@ fn friends_are_capped() {
     assert_eq!(clients[0].call(req::friend_remove("bob")), Message::Ok);
     assert_eq!(clients[0].call(req::friend_accept("carol")), Message::Ok);
 }
+
+/// Bob stops reading while alice sends him 16 MB; once the server has closed him (alice sees
+/// him go offline), he reads what reached him: whole frames, the last of them
+/// `ERROR SLOW_READER`, then the close.
+fn check_slow_reader_is_told(args: &[&str]) {
+    let server = TestServer::start_with(args);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    make_friends(&mut alice, &mut bob);
+    let body = "x".repeat(4000);
+    let sends: Vec<_> = (0..4000).map(|n| req::send("bob", n, &body)).collect();
+    for reply in alice.pipeline(&sends) {
+        assert!(matches!(reply, Message::Sent { .. }), "{reply:?}");
+    }
+    assert_eq!(alice.push(), Message::Presence { username: "bob".into(), online: false });
+    let mut frames = Vec::new();
+    loop {
+        match bob.try_read_frame() {
+            Ok(frame) => frames.push(frame),
+            Err(NoFrame::Closed) => break,
+            Err(NoFrame::TimedOut) => panic!("bob still open after {} frames", frames.len()),
+        }
+    }
+    let (last, delivered) = frames.split_last().expect("bob received frames");
+    assert_eq!((last.opcode, last.request_id), (op::ERROR, 0), "the last of {} frames", frames.len());
+    assert_eq!(last.decode().error_code(), Some(code::SLOW_READER));
+    assert!(delivered.iter().all(|frame| frame.opcode == op::DELIVER && frame.decode().deliver().from == "alice"));
+    eprintln!("bob read {} deliveries, then SLOW_READER", delivered.len());
+}
+
+#[test]
+fn a_reader_past_the_hard_limit_is_told_slow_reader_last() {
+    check_slow_reader_is_told(&[
+        "--write-queue-soft-limit",
+        "16384",
+        "--write-queue-hard-limit",
+        "262144",
+        "--write-queue-soft-seconds",
+        "600",
+    ]);
+}
+
+#[test]
+fn a_reader_above_the_soft_limit_too_long_is_told_slow_reader_last() {
+    check_slow_reader_is_told(&[
+        "--write-queue-soft-limit",
+        "16384",
+        "--write-queue-hard-limit",
+        "67108864",
+        "--write-queue-soft-seconds",
+        "2",
+    ]);
+}
+
+#[test]
+fn a_slow_reader_that_never_reads_is_let_go_after_lingering() {
+    let server = TestServer::start_with(&[
+        "--write-queue-soft-limit",
+        "16384",
+        "--write-queue-hard-limit",
+        "262144",
+        "--write-queue-soft-seconds",
+        "1",
+    ]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    make_friends(&mut alice, &mut bob);
+    let with_bob = open_fds(&server);
+    let body = "x".repeat(4000);
+    let sends: Vec<_> = (0..4000).map(|n| req::send("bob", n, &body)).collect();
+    alice.pipeline(&sends);
+    assert_eq!(alice.push(), Message::Presence { username: "bob".into(), online: false });
+    // Bob's socket stays open on his side and he reads nothing: after lingering a second for
+    // him to read SLOW_READER, the server lets the connection go.
+    await_fds(&server, with_bob - 1);
+    drop(bob);
+}
