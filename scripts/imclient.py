@@ -129,6 +129,7 @@ ERROR_NAMES = {
     35: "GROUP_FULL",
     36: "TOO_MANY_REQUESTS",
     37: "TOO_MANY_FRIENDS",
+    38: "LOGIN_THROTTLED",
 }
 ERROR_CODES = {name: code for code, name in ERROR_NAMES.items()}
 

@@ -1,5 +1,6 @@
 //! Every limit and default of the server, parsed from the command line.
 
+use crate::login_throttle::LoginLimits;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -122,6 +123,21 @@ pub struct Config {
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=65_535))]
     pub max_friends: u32,
 
+    /// Failed logins as one account from one source (an IPv4 address or an IPv6 /64) before
+    /// each further one makes that source wait, 1 s doubling up to 60 s (RETRY_LATER
+    /// LOGIN_THROTTLED). 0 means unlimited.
+    #[arg(long, default_value_t = 10)]
+    pub login_failures_per_account: u32,
+
+    /// Failed logins from one source, all accounts together, before each further one makes it
+    /// wait the same way. 0 means unlimited.
+    #[arg(long, default_value_t = 30)]
+    pub login_failures_per_address: u32,
+
+    /// Seconds without a failed login after which a source's failures are forgotten.
+    #[arg(long, default_value_t = 300)]
+    pub login_failure_window: u64,
+
     /// Undelivered direct messages held for one recipient; past it the sender gets
     /// RECIPIENT_QUEUE_FULL and nothing is stored. 0 means unlimited.
     #[arg(long, default_value_t = 10_000)]
@@ -137,6 +153,14 @@ impl Config {
     /// have been cut off by it anyway.
     pub fn frame_timeout(&self) -> Duration {
         Duration::from_secs(self.frame_timeout.min(self.idle_timeout))
+    }
+
+    pub fn login_limits(&self) -> LoginLimits {
+        LoginLimits {
+            per_account: self.login_failures_per_account,
+            per_source: self.login_failures_per_address,
+            window: Duration::from_secs(self.login_failure_window),
+        }
     }
 
     pub fn login_timeout(&self) -> Duration {

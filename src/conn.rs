@@ -25,6 +25,9 @@ pub enum ConnState {
 /// What the server remembers between `LOGIN_START` and `LOGIN_FINISH`.
 #[derive(Debug)]
 pub struct PendingLogin {
+    /// The name asked for, lowercased: a failure is counted against it even if no such user
+    /// exists.
+    pub name_key: String,
     /// `None` for an unknown name: the login will fail like a wrong password.
     pub user: Option<(UserId, String)>,
     pub stored_key: Key,

@@ -6,6 +6,7 @@
 //! - [`scram`]: SCRAM-SHA-256 math for both sides of a login.
 //! - [`store`]: the only code that touches SQLite; the schema is `schema.sql`, embedded.
 //! - [`limits`]: the send token bucket and the registration throttle.
+//! - [`login_throttle`]: failed logins per account and source, across connections.
 //! - [`retry`]: recent sends per sender, so a retried SEND is answered, not stored twice.
 //! - [`world`]: in-memory state of who is online, their friends and groups, recent message ids.
 //! - [`outbox`]: frames produced while handling a batch, held until the batch has committed.
@@ -20,6 +21,7 @@ pub mod cmd;
 pub mod config;
 pub mod conn;
 pub mod limits;
+pub mod login_throttle;
 pub mod outbox;
 pub mod protocol;
 pub mod retry;

@@ -300,6 +300,7 @@ impl Server {
             self.closing.insert(token);
         }
         self.world.registrations.prune(Duration::from_secs(self.config.register_window), now);
+        self.world.failed_logins.prune(self.config.login_limits().window, now);
     }
 
     fn close_all(&mut self) {

@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::Write;
-use std::net::Shutdown;
+use std::net::{IpAddr, Shutdown};
 use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
@@ -271,4 +271,56 @@ fn a_slow_reader_that_never_reads_is_let_go_after_lingering() {
     // him to read SLOW_READER, the server lets the connection go.
     await_fds(&server, with_bob - 1);
     drop(bob);
+}
+
+fn is_throttled(reply: &Message) -> Option<u32> {
+    match reply {
+        Message::RetryLater { code: code::LOGIN_THROTTLED, retry_after_ms, .. } => Some(*retry_after_ms),
+        _ => None,
+    }
+}
+
+#[test]
+fn password_guessing_across_connections_is_slowed_and_the_user_still_logs_in_elsewhere() {
+    let server = TestServer::start_with(&["--login-failures-per-account", "3", "--login-failures-per-address", "100"]);
+    server.register("victim");
+    let attacker: IpAddr = [127, 0, 0, 1].into();
+    // Each guess on a connection of its own: the per-connection limit of 5 is never reached.
+    let guess = || server.hello_from(attacker).try_login("victim", "guess").unwrap_err();
+    for _ in 0..3 {
+        assert_eq!(guess().error_code(), Some(code::AUTH_FAILED));
+    }
+    let first = guess();
+    let first_wait = is_throttled(&first).unwrap_or_else(|| panic!("{first:?}"));
+    assert!((1..=1000).contains(&first_wait), "{first:?}");
+    // Once the wait is over, the next failure doubles it.
+    thread::sleep(Duration::from_millis(first_wait.into()));
+    assert_eq!(guess().error_code(), Some(code::AUTH_FAILED));
+    let second = guess();
+    let second_wait = is_throttled(&second).unwrap_or_else(|| panic!("{second:?}"));
+    assert!((1001..=2000).contains(&second_wait), "{second:?}");
+    // Even the right password waits from the attacker's address...
+    let right = server.hello_from(attacker).try_login("victim", &password_of("victim")).unwrap_err();
+    assert!(is_throttled(&right).is_some(), "{right:?}");
+    // ...while the user logs in from another address at once.
+    let mut user = server.hello_from([127, 0, 0, 2].into());
+    user.login("victim");
+}
+
+#[test]
+fn one_address_guessing_many_accounts_is_slowed() {
+    let server = TestServer::start_with(&["--login-failures-per-account", "100", "--login-failures-per-address", "4"]);
+    server.register("bystander");
+    let guesser: IpAddr = [127, 0, 0, 3].into();
+    let mut client = server.hello_from(guesser);
+    // Unknown names fail like wrong passwords, and count the same.
+    for n in 0..4 {
+        client = server.hello_from(guesser);
+        let (_, reply) = client.login_with_junk_proof(&format!("nobody{n}"));
+        assert_eq!(reply.error_code(), Some(code::AUTH_FAILED), "{reply:?}");
+    }
+    let refused = client.call(req::login_start("nobody4", &[7; 16]));
+    assert!(is_throttled(&refused).is_some(), "{refused:?}");
+    // Other addresses are not slowed.
+    server.hello().login("bystander");
 }

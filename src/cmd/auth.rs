@@ -93,10 +93,11 @@ fn key_from(bytes: &[u8]) -> Key {
 }
 
 pub fn login_start(ctx: &mut Ctx, o: &mut Origin, username: &str, client_nonce: &[u8]) -> Outcome {
+    let name_key = username.to_ascii_lowercase();
+    check_failed_logins(ctx, o, &name_key)?;
     if !(16..=64).contains(&client_nonce.len()) {
         return refuse(ErrorCode::InvalidArgument, "the client nonce must be 16 to 64 bytes");
     }
-    let name_key = username.to_ascii_lowercase();
     let found = if valid_username(username) { ctx.store.find_user(&name_key)? } else { None };
     // An unknown name gets a challenge like a real one; its all-zero StoredKey matches no proof.
     let (user, salt, iterations, stored_key, server_key) = match found {
@@ -114,7 +115,8 @@ pub fn login_start(ctx: &mut Ctx, o: &mut Origin, username: &str, client_nonce: 
     }
     nonce.extend_from_slice(&server_nonce);
     let auth_message = scram::auth_message(username, client_nonce, &salt, iterations, &nonce);
-    o.conn.state = ConnState::Authenticating(Box::new(PendingLogin { user, stored_key, server_key, auth_message }));
+    let pending = PendingLogin { name_key, user, stored_key, server_key, auth_message };
+    o.conn.state = ConnState::Authenticating(Box::new(pending));
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::login_challenge(b, id, &salt, iterations, &nonce));
     Ok(())
@@ -124,8 +126,14 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8]) -> Outcome {
     let ConnState::Authenticating(pending) = std::mem::replace(&mut o.conn.state, ConnState::Unauthenticated) else {
         return refuse(ErrorCode::InvalidState, "LOGIN_FINISH needs a LOGIN_START first");
     };
+    // Checked again: other connections may have failed since this one's LOGIN_START.
+    check_failed_logins(ctx, o, &pending.name_key)?;
     let verified = scram::verify_proof(&pending.stored_key, &pending.auth_message, proof);
+    if verified {
+        ctx.world.failed_logins.succeeded(&pending.name_key, o.conn.peer);
+    }
     let Some((user, name)) = pending.user.filter(|_| verified) else {
+        ctx.world.failed_logins.failed(&pending.name_key, o.conn.peer, &ctx.config.login_limits(), ctx.now);
         o.conn.failed_logins += 1;
         if o.conn.failed_logins >= MAX_FAILED_LOGINS {
             log::info!("closing a connection after {MAX_FAILED_LOGINS} failed logins");
@@ -155,6 +163,14 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8]) -> Outcome {
     o.conn.backlog = Some(Box::new(backlog));
     log::debug!("user {user} logged in");
     Ok(())
+}
+
+/// Refuses a login from a source that failed too often lately, as this account or as any
+/// (`--login-failures-per-account`, `--login-failures-per-address`).
+fn check_failed_logins(ctx: &Ctx, o: &Origin, name_key: &str) -> Outcome {
+    ctx.world.failed_logins.check(name_key, o.conn.peer, ctx.now).map_err(|wait| {
+        Refusal::RetryLater(ErrorCode::LoginThrottled, wait, "too many failed logins from your address; wait")
+    })
 }
 
 /// Everything past the user's cursors, up to the newest message id now.

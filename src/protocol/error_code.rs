@@ -40,11 +40,12 @@ pub enum ErrorCode {
     GroupFull = 35,
     TooManyRequests = 36,
     TooManyFriends = 37,
+    LoginThrottled = 38,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (numbers may skip: a gap is a code reserved elsewhere).
-    pub const ALL: [ErrorCode; 35] = {
+    pub const ALL: [ErrorCode; 36] = {
         use ErrorCode::*;
         [
             MalformedFrame,
@@ -82,6 +83,7 @@ impl ErrorCode {
             GroupFull,
             TooManyRequests,
             TooManyFriends,
+            LoginThrottled,
         ]
     };
 

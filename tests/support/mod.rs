@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -71,6 +71,7 @@ pub mod code {
     pub const GROUP_FULL: u16 = 35;
     pub const TOO_MANY_REQUESTS: u16 = 36;
     pub const TOO_MANY_FRIENDS: u16 = 37;
+    pub const LOGIN_THROTTLED: u16 = 38;
 }
 
 /// Opcodes, PROTOCOL.md §3.
@@ -758,6 +759,13 @@ impl TestServer {
         Client::connect(self.port)
     }
 
+    /// A connection past `HELLO` from the local address `from` (see [`Client::connect_from`]).
+    pub fn hello_from(&self, from: IpAddr) -> Client {
+        let mut client = Client::connect_from(self.port, from);
+        client.hello();
+        client
+    }
+
     /// A connection past `HELLO`.
     pub fn hello(&self) -> Client {
         let mut client = self.connect();
@@ -879,7 +887,19 @@ pub struct Client {
 
 impl Client {
     pub fn connect(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to im-server");
+        Self::over(TcpStream::connect(("127.0.0.1", port)).expect("connect to im-server"))
+    }
+
+    /// A connection from the local address `from`: all of 127.0.0.0/8 is loopback, so one
+    /// machine can play several hosts.
+    pub fn connect_from(port: u16, from: IpAddr) -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(from, 0).into()).expect("bind the client's address");
+        socket.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into()).expect("connect to im-server");
+        Self::over(socket.into())
+    }
+
+    fn over(stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
