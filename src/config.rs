@@ -2,7 +2,7 @@
 
 use crate::login_throttle::LoginLimits;
 use clap::Parser;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -91,7 +91,8 @@ pub struct Config {
     #[arg(long, default_value_t = 100)]
     pub send_burst: u32,
 
-    /// Registrations allowed per source address per --register-window; 0 means unlimited.
+    /// REGISTER attempts allowed per source address per --register-window, whatever their
+    /// answer (USERNAME_TAKEN tells whether a name exists); 0 means unlimited.
     #[arg(long, default_value_t = 5)]
     pub register_limit: u32,
 
@@ -99,8 +100,13 @@ pub struct Config {
     #[arg(long, default_value_t = 600)]
     pub register_window: u64,
 
-    /// Exempt loopback addresses (127.0.0.0/8, ::1) from --register-limit.
+    /// Apply --register-limit to loopback addresses (127.0.0.0/8, ::1) too, which it exempts
+    /// by default: for a local proxy that makes every client look like loopback.
     #[arg(long)]
+    pub limit_loopback: bool,
+
+    /// Accepted and ignored, for scripts written when loopback was limited by default.
+    #[arg(long, hide = true)]
     pub trust_loopback: bool,
 
     /// Groups one user may be in, the lobby included; GROUP_CREATE or GROUP_INVITE past it
@@ -167,6 +173,11 @@ impl Config {
         Duration::from_secs(self.login_timeout)
     }
 
+    /// Whether `--register-limit` applies to REGISTER from `peer`.
+    pub fn limits_registrations_from(&self, peer: IpAddr) -> bool {
+        self.register_limit > 0 && (self.limit_loopback || !peer.is_loopback())
+    }
+
     /// A configuration with every default, listening on `listen` with the database at `db`.
     pub fn with_defaults(listen: SocketAddr, db: PathBuf) -> Self {
         let mut config = Config::parse_from(["im-server"]);
@@ -180,6 +191,22 @@ impl Config {
 mod tests {
     use super::Config;
     use clap::Parser;
+
+    #[test]
+    fn loopback_registers_without_limit_unless_asked() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["im-server"], args].concat()).unwrap();
+        let (loopback, loopback6, remote) =
+            ("127.0.0.2".parse().unwrap(), "::1".parse().unwrap(), "192.0.2.1".parse().unwrap());
+        let default = parse(&[]);
+        assert!(!default.limits_registrations_from(loopback));
+        assert!(!default.limits_registrations_from(loopback6));
+        assert!(default.limits_registrations_from(remote));
+        let strict = parse(&["--limit-loopback"]);
+        assert!(strict.limits_registrations_from(loopback) && strict.limits_registrations_from(remote));
+        assert!(!parse(&["--register-limit", "0"]).limits_registrations_from(remote));
+        // The old flag is still accepted, and changes nothing.
+        assert!(!parse(&["--trust-loopback"]).limits_registrations_from(loopback));
+    }
 
     #[test]
     fn caps_that_feed_a_u16_count_cannot_exceed_it() {

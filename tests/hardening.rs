@@ -324,3 +324,26 @@ fn one_address_guessing_many_accounts_is_slowed() {
     // Other addresses are not slowed.
     server.hello().login("bystander");
 }
+
+#[test]
+fn every_register_counts_toward_the_address_limit() {
+    let server = TestServer::start_with(&["--register-limit", "3", "--limit-loopback"]);
+    let mut owner = server.hello_from([127, 0, 0, 4].into());
+    assert_eq!(owner.call(register_request("taken")), Message::Ok);
+    // A prober learns from USERNAME_TAKEN that a name exists: each probe is an attempt.
+    let mut prober = server.hello_from([127, 0, 0, 5].into());
+    for _ in 0..3 {
+        assert_eq!(prober.call(register_request("taken")).error_code(), Some(code::USERNAME_TAKEN));
+    }
+    let refused = prober.call(register_request("taken"));
+    assert!(matches!(refused, Message::RetryLater { code: code::RATE_LIMITED, .. }), "{refused:?}");
+}
+
+#[test]
+fn loopback_is_exempt_from_the_registration_limit_by_default() {
+    let server = TestServer::start_with(&["--register-limit", "2"]);
+    let mut client = server.hello();
+    for name in ["r1", "r2", "r3", "r4"] {
+        assert_eq!(client.call(register_request(name)), Message::Ok, "{name}");
+    }
+}

@@ -204,7 +204,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("temporary directory");
         let db = dir.path().join("x.db");
         let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
-            .args(["--listen", "127.0.0.1:0", "--min-kdf-iterations", "1000", "--trust-loopback", "--db"])
+            .args(["--listen", "127.0.0.1:0", "--min-kdf-iterations", "1000", "--db"])
             .arg(&db)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -44,6 +44,7 @@ pub fn valid_username(name: &str) -> bool {
 }
 
 pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
+    count_registration(ctx, o)?;
     if !valid_username(r.username) {
         return refuse(ErrorCode::InvalidUsername, "a username is 1 to 32 characters of A-Z, a-z, 0-9, _ . -");
     }
@@ -55,13 +56,6 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
     }
     if !(16..=64).contains(&r.salt.len()) || r.stored_key.len() != KEY_LEN || r.server_key.len() != KEY_LEN {
         return refuse(ErrorCode::WeakCredentials, "the salt must be 16 to 64 bytes and each key 32 bytes");
-    }
-    let throttled = ctx.config.register_limit > 0 && !(ctx.config.trust_loopback && o.conn.peer.is_loopback());
-    let window = Duration::from_secs(ctx.config.register_window);
-    if throttled
-        && let Err(wait) = ctx.world.registrations.check(o.conn.peer, ctx.config.register_limit, window, ctx.now)
-    {
-        return Err(Refusal::RetryLater(ErrorCode::RateLimited, wait, "too many registrations from this address"));
     }
     let name_key = r.username.to_ascii_lowercase();
     let created = ctx.store.create_user(&NewUser {
@@ -76,11 +70,24 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
     if created.is_none() {
         return refuse(ErrorCode::UsernameTaken, "that username is taken");
     }
-    if throttled {
-        ctx.world.registrations.record(o.conn.peer, ctx.now);
-    }
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
+    Ok(())
+}
+
+/// Counts a REGISTER against its address's `--register-limit`, or refuses it. Every attempt
+/// counts, whatever its answer: USERNAME_TAKEN tells whether a name exists, so probing names
+/// costs what registering does.
+fn count_registration(ctx: &mut Ctx, o: &Origin) -> Outcome {
+    let peer = o.conn.peer;
+    if !ctx.config.limits_registrations_from(peer) {
+        return Ok(());
+    }
+    let window = Duration::from_secs(ctx.config.register_window);
+    if let Err(wait) = ctx.world.registrations.check(peer, ctx.config.register_limit, window, ctx.now) {
+        return Err(Refusal::RetryLater(ErrorCode::RateLimited, wait, "too many registrations from this address"));
+    }
+    ctx.world.registrations.record(peer, ctx.now);
     Ok(())
 }
 

@@ -709,15 +709,12 @@ impl TestServer {
         };
         command.arg("--listen").arg("127.0.0.1:0").arg("--db").arg(&db);
         // Test defaults, each unless the test sets the flag itself: cheap key derivation, and
-        // no registration, send-rate or offline-queue limits for tests that register many users
-        // from loopback and send in bursts (tests/limits.rs sets them).
+        // no send-rate or offline-queue limits for tests that send in bursts (tests/limits.rs
+        // sets them). Registrations from loopback are not limited unless --limit-loopback.
         for (flag, value) in [("--min-kdf-iterations", "1000"), ("--send-rate", "0"), ("--max-offline", "0")] {
             if !args.contains(&flag) {
                 command.args([flag, value]);
             }
-        }
-        if !args.contains(&"--register-limit") {
-            command.arg("--trust-loopback");
         }
         command.args(args);
         let mut child = command
