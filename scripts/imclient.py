@@ -124,6 +124,12 @@ ERROR_NAMES = {
     28: "RECIPIENT_QUEUE_FULL",
     29: "TOO_MANY_SESSIONS",
     30: "LOGIN_TIMEOUT",
+    33: "FRAME_TIMEOUT",
+    34: "TOO_MANY_GROUPS",
+    35: "GROUP_FULL",
+    36: "TOO_MANY_REQUESTS",
+    37: "TOO_MANY_FRIENDS",
+    38: "LOGIN_THROTTLED",
 }
 ERROR_CODES = {name: code for code, name in ERROR_NAMES.items()}
 

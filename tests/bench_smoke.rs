@@ -23,7 +23,7 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--db")
             .arg(dir.path().join("bench.db"))
-            .args(["--min-kdf-iterations", "1000", "--trust-loopback", "--send-rate", "0", "--max-offline", "0"])
+            .args(["--min-kdf-iterations", "1000", "--send-rate", "0", "--max-offline", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
