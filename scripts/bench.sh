@@ -128,9 +128,11 @@ BUSY_BEFORE=$(ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s%s %s%
 
 # ---------------------------------------------------------------- im-server
 mkdir -p "$WORK/im"
+# The drain runs measure pushing a backlog of $DRAIN messages, so the device backlog cap (past
+# which a device gets SYNC_GAP and only the newest entries) must lie above it.
 SERVER_CMD=("${PIN_SERVER[@]}" "$SERVER" --listen 127.0.0.1:0 --db "$WORK/im/bench.db"
     --min-kdf-iterations 1000 --max-connections 19500
-    --trust-loopback --send-rate 0 --max-offline 0 --max-sessions 0)
+    --trust-loopback --send-rate 0 --max-offline 0 --max-sessions 0 --device-backlog-cap $((2 * DRAIN)))
 quoted "${SERVER_CMD[@]}" | sed "s#$ROOT/##g; s#$WORK#\$TMP#g" >>"$COMMANDS"
 "${SERVER_CMD[@]}" >"$WORK/im/stdout" 2>"$WORK/im/stderr" &
 IM_PID=$!
