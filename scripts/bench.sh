@@ -82,6 +82,7 @@ else
         log "ulimit -n is $NOFILE: idle uses $IDLE connections"
     fi
 fi
+DRAIN_DEVICES=3
 IDLE_ARGS=(--seconds 5 --timeout 180)
 [ "$MODE" = smoke ] && IDLE_ARGS=(--seconds 1 --timeout 60)
 
@@ -155,6 +156,8 @@ run "im pairs-large" "${IM[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_LARGE -
 run "im fanout" "${IM[@]}" "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
 run "im login" "${IM[@]}" "${SECONDS_ARG[@]}" login --connections $LOGIN_CONNS
 run "im drain" "${IM[@]}" "${SECONDS_ARG[@]}" drain --messages $DRAIN --window 64 --body $BODY
+run "im drain-devices" "${IM[@]}" "${SECONDS_ARG[@]}" drain --messages $DRAIN --window 64 --body $BODY \
+    --devices $DRAIN_DEVICES
 run "im idle" "${IM[@]}" "${IDLE_ARGS[@]}" idle --connections $IDLE
 stop "$IM_PID"
 
@@ -307,6 +310,10 @@ row("drain ${DRAIN}", "drain", "queued (stored) msgs/s", "fill_msgs_per_s", im_o
 row("drain ${DRAIN}", "drain", "server CPU while draining", "server_cpu_pct", " %", im_only=True)
 row("drain ${DRAIN}", "drain", "server CPU per message", "server_cpu_us_per_message", " µs", im_only=True)
 row("drain ${DRAIN}", "drain", "verified", "verified", im_only=True)
+row("drain ${DRAIN} on ${DRAIN_DEVICES} devices", "drain-devices", "delivered/s after login, all devices", "drain_msgs_per_s", im_only=True)
+row("drain ${DRAIN} on ${DRAIN_DEVICES} devices", "drain-devices", "server CPU while draining", "server_cpu_pct", " %", im_only=True)
+row("drain ${DRAIN} on ${DRAIN_DEVICES} devices", "drain-devices", "server CPU per delivery", "server_cpu_us_per_message", " µs", im_only=True)
+row("drain ${DRAIN} on ${DRAIN_DEVICES} devices", "drain-devices", "verified", "verified", im_only=True)
 out("")
 out("## Targets of issue 4")
 out("")
