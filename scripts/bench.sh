@@ -135,6 +135,9 @@ SERVER_CMD=("${PIN_SERVER[@]}" "$SERVER" --listen 127.0.0.1:0 --db "$WORK/im/ben
     --min-kdf-iterations 1000 --max-connections 19500
     --trust-loopback --send-rate 0 --max-offline 0 --max-sessions 0 --device-backlog-cap $((2 * DRAIN)))
 quoted "${SERVER_CMD[@]}" | sed "s#$ROOT/##g; s#$WORK#\$TMP#g" >>"$COMMANDS"
+# Made here, not by the background job's redirection, so the sed below never runs before it
+# exists (under pipefail a missing file would end the script).
+: >"$WORK/im/stdout"
 "${SERVER_CMD[@]}" >"$WORK/im/stdout" 2>"$WORK/im/stderr" &
 IM_PID=$!
 STARTED_PIDS+=("$IM_PID")
