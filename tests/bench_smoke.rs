@@ -93,3 +93,13 @@ fn drain_delivers_the_offline_backlog() {
     assert!(json.contains("\"sync_done_count\":300"), "{json}");
     assert!(json.contains("\"redelivered_after_ack\":0"), "{json}");
 }
+
+#[test]
+fn drain_on_three_devices_delivers_the_backlog_to_each() {
+    let json = Server::start().bench(&["drain", "--messages", "300", "--window", "32", "--devices", "3"]);
+    assert!(json.contains("\"devices\":3"), "{json}");
+    for device in 1..=3 {
+        assert!(json.contains(&format!("\"device{device}_sync_done_count\":300")), "{json}");
+        assert!(json.contains(&format!("\"device{device}_redelivered_after_ack\":0")), "{json}");
+    }
+}
