@@ -126,6 +126,11 @@ impl Core {
         let committed = self.store.finish_iteration();
         let mut staged = Vec::new();
         self.outbox.drain(committed, |to, kind, bytes, _| {
+            if let FrameKind::OwnItem { .. } = kind {
+                // No bytes: it only tells the connection what it made itself.
+                assert!(bytes.is_empty(), "an own-item note carries bytes");
+                return;
+            }
             check_server_frame(kind, bytes);
             staged.push(Staged { to, kind, bytes: bytes.to_vec() });
         });
