@@ -134,6 +134,12 @@ ERROR_NAMES = {
     30: "LOGIN_TIMEOUT",
     31: "TOO_MANY_DEVICES",
     32: "NO_SUCH_DEVICE",
+    33: "FRAME_TIMEOUT",
+    34: "TOO_MANY_GROUPS",
+    35: "GROUP_FULL",
+    36: "TOO_MANY_REQUESTS",
+    37: "TOO_MANY_FRIENDS",
+    38: "LOGIN_THROTTLED",
 }
 # Codes newer than this table (a newer server) still decode: ServerError names them
 # "ERROR_<code>" and keeps the server's message, so callers can act on the number.
@@ -1175,10 +1181,12 @@ def self_test():
                                                         gap)], [True, True, True, True, False])
     check("last item id", last_item_id([decode_frame(f) for f in (receipt, gap, deliver)]), 43)
     future = ServerError.from_frame(decode_frame(encode_message(
-        Op.ERROR, 0, code=37, message="a code this client does not know")))
-    check("unknown error code", (future.code, future.name), (37, "ERROR_37"))
+        Op.ERROR, 0, code=77, message="a code this client does not know")))
+    check("unknown error code", (future.code, future.name, future.message),
+          (77, "ERROR_77", "a code this client does not know"))
     check("TOO_MANY_DEVICES", ERROR_CODES["TOO_MANY_DEVICES"], 31)
     check("NO_SUCH_DEVICE", ERROR_CODES["NO_SUCH_DEVICE"], 32)
+    check("LOGIN_THROTTLED", ERROR_CODES["LOGIN_THROTTLED"], 38)
     check("device ids are nonzero", all(new_device_id() for _ in range(100)), True)
     for label, bad in (("short", _hex("00 00 00 06 01 00 00 00 01 00")),
                        ("trailing", _hex("00 00 00 08 01 00 00 00 01 00 01 00")),

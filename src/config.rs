@@ -1,7 +1,8 @@
 //! Every limit and default of the server, parsed from the command line.
 
+use crate::login_throttle::LoginLimits;
 use clap::Parser;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +29,11 @@ pub struct Config {
     #[arg(long, default_value_t = 19_000)]
     pub max_connections: usize,
 
+    /// Seconds a client may wait in the listen backlog while the server has no file descriptor
+    /// left (accepting is retried every 100 ms); then it gets SERVER_FULL and is closed.
+    #[arg(long, default_value_t = 1)]
+    pub out_of_fds_wait: u64,
+
     /// Largest frame accepted after login, in bytes (the length field's value).
     #[arg(long, default_value_t = 65_536)]
     pub max_frame: u32,
@@ -39,6 +45,11 @@ pub struct Config {
     /// Seconds without a frame from the client before its connection is closed.
     #[arg(long, default_value_t = 120)]
     pub idle_timeout: u64,
+
+    /// Seconds a frame may take to arrive once its first byte is in; a slower one gets
+    /// FRAME_TIMEOUT and the connection is closed. Never longer than --idle-timeout.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub frame_timeout: u64,
 
     /// Lowest PBKDF2 iteration count REGISTER accepts.
     #[arg(long, default_value_t = 100_000)]
@@ -84,7 +95,8 @@ pub struct Config {
     #[arg(long, default_value_t = 100)]
     pub send_burst: u32,
 
-    /// Registrations allowed per source address per --register-window; 0 means unlimited.
+    /// REGISTER attempts allowed per source address per --register-window, whatever their
+    /// answer (USERNAME_TAKEN tells whether a name exists); 0 means unlimited.
     #[arg(long, default_value_t = 5)]
     pub register_limit: u32,
 
@@ -92,9 +104,49 @@ pub struct Config {
     #[arg(long, default_value_t = 600)]
     pub register_window: u64,
 
-    /// Exempt loopback addresses (127.0.0.0/8, ::1) from --register-limit.
+    /// Apply --register-limit to loopback addresses (127.0.0.0/8, ::1) too, which it exempts
+    /// by default: for a local proxy that makes every client look like loopback.
     #[arg(long)]
+    pub limit_loopback: bool,
+
+    /// Accepted and ignored, for scripts written when loopback was limited by default.
+    #[arg(long, hide = true)]
     pub trust_loopback: bool,
+
+    /// Groups one user may be in, the lobby included; GROUP_CREATE or GROUP_INVITE past it
+    /// gets TOO_MANY_GROUPS. At most 65,535, the most GROUP_LIST can count.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_groups_per_user: u32,
+
+    /// Members one group may have (not the lobby, which holds every user); GROUP_INVITE past
+    /// it gets GROUP_FULL.
+    #[arg(long, default_value_t = 1_024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_group_members: u32,
+
+    /// Friend requests one user may have pending, sent and received each; FRIEND_REQUEST past
+    /// either gets TOO_MANY_REQUESTS. At most 65,535, the most FRIEND_LIST can count.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_pending_requests: u32,
+
+    /// Friends one user may have; FRIEND_REQUEST or FRIEND_ACCEPT past it gets
+    /// TOO_MANY_FRIENDS. At most 65,535, the most FRIEND_LIST can count.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_friends: u32,
+
+    /// Failed logins as one account from one source (an IPv4 address or an IPv6 /64) before
+    /// each further one makes that source wait, 1 s doubling up to 60 s (RETRY_LATER
+    /// LOGIN_THROTTLED). 0 means unlimited.
+    #[arg(long, default_value_t = 10)]
+    pub login_failures_per_account: u32,
+
+    /// Failed logins from one source, all accounts together, before each further one makes it
+    /// wait the same way. 0 means unlimited.
+    #[arg(long, default_value_t = 30)]
+    pub login_failures_per_address: u32,
+
+    /// Seconds without a failed login after which a source's failures are forgotten.
+    #[arg(long, default_value_t = 300)]
+    pub login_failure_window: u64,
 
     /// Undelivered direct messages held for one recipient; past it the sender gets
     /// RECIPIENT_QUEUE_FULL and nothing is stored. 0 means unlimited.
@@ -132,6 +184,20 @@ impl Config {
         Duration::from_secs(self.idle_timeout)
     }
 
+    /// `--frame-timeout`, at most `--idle-timeout`: a frame slower than the idle timeout would
+    /// have been cut off by it anyway.
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_secs(self.frame_timeout.min(self.idle_timeout))
+    }
+
+    pub fn login_limits(&self) -> LoginLimits {
+        LoginLimits {
+            per_account: self.login_failures_per_account,
+            per_source: self.login_failures_per_address,
+            window: Duration::from_secs(self.login_failure_window),
+        }
+    }
+
     pub fn login_timeout(&self) -> Duration {
         Duration::from_secs(self.login_timeout)
     }
@@ -141,11 +207,47 @@ impl Config {
         now_ms - self.device_expiry_days as i64 * 86_400_000
     }
 
+    /// Whether `--register-limit` applies to REGISTER from `peer`.
+    pub fn limits_registrations_from(&self, peer: IpAddr) -> bool {
+        self.register_limit > 0 && (self.limit_loopback || !peer.is_loopback())
+    }
+
     /// A configuration with every default, listening on `listen` with the database at `db`.
     pub fn with_defaults(listen: SocketAddr, db: PathBuf) -> Self {
         let mut config = Config::parse_from(["im-server"]);
         config.listen = listen;
         config.db = db;
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use clap::Parser;
+
+    #[test]
+    fn loopback_registers_without_limit_unless_asked() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["im-server"], args].concat()).unwrap();
+        let (loopback, loopback6, remote) =
+            ("127.0.0.2".parse().unwrap(), "::1".parse().unwrap(), "192.0.2.1".parse().unwrap());
+        let default = parse(&[]);
+        assert!(!default.limits_registrations_from(loopback));
+        assert!(!default.limits_registrations_from(loopback6));
+        assert!(default.limits_registrations_from(remote));
+        let strict = parse(&["--limit-loopback"]);
+        assert!(strict.limits_registrations_from(loopback) && strict.limits_registrations_from(remote));
+        assert!(!parse(&["--register-limit", "0"]).limits_registrations_from(remote));
+        // The old flag is still accepted, and changes nothing.
+        assert!(!parse(&["--trust-loopback"]).limits_registrations_from(loopback));
+    }
+
+    #[test]
+    fn caps_that_feed_a_u16_count_cannot_exceed_it() {
+        for flag in ["--max-groups-per-user", "--max-pending-requests", "--max-friends"] {
+            assert!(Config::try_parse_from(["im-server", flag, "65535"]).is_ok(), "{flag}");
+            assert!(Config::try_parse_from(["im-server", flag, "65536"]).is_err(), "{flag}");
+            assert!(Config::try_parse_from(["im-server", flag, "0"]).is_err(), "{flag}");
+        }
     }
 }

@@ -25,6 +25,9 @@ pub enum ConnState {
 /// What the server remembers between `LOGIN_START` and `LOGIN_FINISH`.
 #[derive(Debug)]
 pub struct PendingLogin {
+    /// The name asked for, lowercased: a failure is counted against it even if no such user
+    /// exists.
+    pub name_key: String,
     /// `None` for an unknown name: the login will fail like a wrong password.
     pub user: Option<(UserId, String)>,
     pub stored_key: Key,
@@ -41,9 +44,19 @@ pub enum CloseReason {
     IdleTimeout,
     TooManyAttempts,
     LoginTimeout,
+    FrameTimeout,
     SlowReader,
     ShuttingDown,
     DeviceRemoved,
+}
+
+impl CloseReason {
+    /// Whether the connection is kept a little after its session ends, for the client to read
+    /// the frames that say why it is closed: not when the peer is gone, nor when the server
+    /// is stopping.
+    pub fn lingers(self) -> bool {
+        !matches!(self, CloseReason::PeerClosed | CloseReason::IoError | CloseReason::ShuttingDown)
+    }
 }
 
 enum Chunk {
@@ -72,7 +85,12 @@ pub struct Conn {
     pub socket: TcpStream,
     pub peer: IpAddr,
     pub state: ConnState,
+    /// When the last complete frame arrived: the idle timeout counts from here. Bytes alone do
+    /// not count, or a client sending one byte a second would never be idle.
     pub last_frame_at: Instant,
+    /// When the first byte of the frame still being received arrived, if one is: the frame
+    /// timeout counts from here.
+    pub partial_frame_since: Option<Instant>,
     /// When the connection last became unauthenticated (accepted, or logged out): the login
     /// timeout counts from here.
     pub unauthenticated_since: Instant,
@@ -86,7 +104,11 @@ pub struct Conn {
     /// Every item for this connection's device with an id up to here has been queued on it:
     /// an `ACK` is clamped to it, so it can never acknowledge what was not sent.
     pub sent_through: MessageId,
+    /// Until when a closed connection whose session has ended is kept to flush its last frames.
+    pub linger_until: Option<Instant>,
     closing: Option<CloseReason>,
+    /// Set once the connection's last frame is queued: nothing is queued after it.
+    sealed: bool,
     read_buf: Vec<u8>,
     out: VecDeque<Chunk>,
     out_offset: usize,
@@ -101,13 +123,16 @@ impl Conn {
             peer,
             state: ConnState::AwaitHello,
             last_frame_at: now,
+            partial_frame_since: None,
             unauthenticated_since: now,
             over_soft_limit_since: None,
             read_paused: false,
             failed_logins: 0,
             backlog: None,
             sent_through: 0,
+            linger_until: None,
             closing: None,
+            sealed: false,
             read_buf: Vec::new(),
             out: VecDeque::new(),
             out_offset: 0,
@@ -149,16 +174,29 @@ impl Conn {
         std::mem::take(&mut self.read_buf)
     }
 
-    /// Keeps the unparsed tail of a read for the next one. An empty tail frees the buffer.
-    pub fn keep_read_buf(&mut self, mut buf: Vec<u8>) {
+    /// Keeps the unparsed tail of a read for the next one. An empty tail frees the buffer; a
+    /// tail that begins a new frame starts the frame timeout at `now`.
+    pub fn keep_read_buf(&mut self, mut buf: Vec<u8>, now: Instant) {
         if buf.is_empty() {
             buf = Vec::new();
+            self.partial_frame_since = None;
+        } else {
+            self.partial_frame_since.get_or_insert(now);
         }
         self.read_buf = buf;
     }
 
+    /// Records a complete frame: the idle timer restarts, and whatever follows is a new frame.
+    pub fn frame_received(&mut self, now: Instant) {
+        self.last_frame_at = now;
+        self.partial_frame_since = None;
+    }
+
     /// Appends frame bytes to the write queue.
     pub fn enqueue(&mut self, bytes: &[u8]) {
+        if self.sealed {
+            return;
+        }
         self.out_len += bytes.len();
         if let Some(Chunk::Owned(last)) = self.out.back_mut()
             && last.len() < OWNED_CHUNK_LIMIT
@@ -173,6 +211,9 @@ impl Conn {
 
     /// Appends a frame shared with other connections, without copying it.
     pub fn enqueue_shared(&mut self, frame: &Rc<[u8]>) {
+        if self.sealed {
+            return;
+        }
         self.out_len += frame.len();
         self.push_chunk(Chunk::Shared(Rc::clone(frame)));
     }
@@ -184,6 +225,32 @@ impl Conn {
             self.out.reserve(QUEUE_CHUNKS_RESERVED);
         }
         self.out.push_back(chunk);
+    }
+
+    /// Replaces every frame not yet begun on the wire with `frame`, the last this connection
+    /// is sent. The rest of a frame partly written goes first, so the client still reads whole
+    /// frames.
+    pub fn replace_unsent_with_last(&mut self, frame: &[u8]) {
+        let remainder = match self.out.front() {
+            Some(front) => {
+                let bytes = front.bytes();
+                bytes[self.out_offset..end_of_frame_at(bytes, self.out_offset)].to_vec()
+            }
+            None => Vec::new(),
+        };
+        self.discard_output();
+        self.sealed = false;
+        self.enqueue(&remainder);
+        self.enqueue(frame);
+        self.sealed = true;
+    }
+
+    /// Drops everything queued and accepts nothing more: for a socket nothing can reach.
+    pub fn discard_output(&mut self) {
+        self.out = VecDeque::new();
+        self.out_offset = 0;
+        self.out_len = 0;
+        self.sealed = true;
     }
 
     /// Bytes waiting to be written.
@@ -241,5 +308,35 @@ impl Conn {
 
     pub fn set_writable_interest(&mut self, on: bool) {
         self.writable_interest = on;
+    }
+}
+
+/// The end of the frame that byte `offset` of `chunk` belongs to, or `offset` itself when a
+/// frame starts there. A write-queue chunk always starts at a frame boundary.
+fn end_of_frame_at(chunk: &[u8], offset: usize) -> usize {
+    let mut start = 0;
+    while start < offset {
+        let Some(length) = chunk.get(start..start + 4) else { return chunk.len() };
+        let length = u32::from_be_bytes(length.try_into().expect("four bytes")) as usize;
+        start = start.saturating_add(4 + length);
+    }
+    start.min(chunk.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_of_frame_at;
+
+    #[test]
+    fn the_frame_an_offset_falls_in_is_found_by_walking_the_lengths() {
+        // Two frames: 4 + 5 bytes, then 4 + 6 bytes.
+        let mut chunk = vec![0, 0, 0, 5, 1, 0, 0, 0, 1];
+        chunk.extend_from_slice(&[0, 0, 0, 6, 2, 0, 0, 0, 2, 9]);
+        assert_eq!(end_of_frame_at(&chunk, 0), 0);
+        assert_eq!(end_of_frame_at(&chunk, 1), 9);
+        assert_eq!(end_of_frame_at(&chunk, 8), 9);
+        assert_eq!(end_of_frame_at(&chunk, 9), 9);
+        assert_eq!(end_of_frame_at(&chunk, 10), 19);
+        assert_eq!(end_of_frame_at(&chunk, 19), 19);
     }
 }

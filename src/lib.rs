@@ -6,18 +6,22 @@
 //! - [`scram`]: SCRAM-SHA-256 math for both sides of a login.
 //! - [`store`]: the only code that touches SQLite; the schema is `schema.sql`, embedded.
 //! - [`limits`]: the send token bucket and the registration throttle.
+//! - [`login_throttle`]: failed logins per account and source, across connections.
 //! - [`retry`]: recent sends per sender, so a retried SEND is answered, not stored twice.
 //! - [`world`]: in-memory state of who is online, their friends and groups, recent message ids.
 //! - [`outbox`]: frames produced while handling a batch, held until the batch has committed.
 //! - [`cmd`]: one file per command family; each parses, applies to store and world, answers.
 //! - [`sync`]: the paged push of a user's offline backlog after login.
 //! - [`conn`]: one connection — socket, state machine, read buffer, write queue.
+//! - [`acceptor`]: taking new connections, and surviving the lack of file descriptors.
 //! - [`server`]: the mio poll loop — accept, read, dispatch, commit, flush, close.
 
+pub mod acceptor;
 pub mod cmd;
 pub mod config;
 pub mod conn;
 pub mod limits;
+pub mod login_throttle;
 pub mod outbox;
 pub mod protocol;
 pub mod retry;

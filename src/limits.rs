@@ -1,5 +1,5 @@
 //! Abuse limits that are pure bookkeeping: the per-user send token bucket and the per-address
-//! registration throttle. Both work on a caller-supplied clock, so tests need no sleeps.
+//! registration throttle (which counts attempts, not only successes). Both work on a caller-supplied clock, so tests need no sleeps.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -32,7 +32,7 @@ impl TokenBucket {
     }
 }
 
-/// Counts registrations per source address over a sliding window.
+/// Counts registration attempts per source address over a sliding window.
 #[derive(Debug, Default)]
 pub struct RegistrationThrottle {
     recent: HashMap<IpAddr, VecDeque<Instant>>,
@@ -52,12 +52,12 @@ impl RegistrationThrottle {
         Err((oldest + window).saturating_duration_since(now))
     }
 
-    /// Records a registration from `addr`.
+    /// Records a registration attempt from `addr`.
     pub fn record(&mut self, addr: IpAddr, now: Instant) {
         self.recent.entry(addr).or_default().push_back(now);
     }
 
-    /// Forgets addresses with no registration inside the window, so the map stays small.
+    /// Forgets addresses with no attempt inside the window, so the map stays small.
     pub fn prune(&mut self, window: Duration, now: Instant) {
         self.recent.retain(|_, times| times.back().is_some_and(|&t| now.saturating_duration_since(t) < window));
     }

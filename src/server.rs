@@ -6,21 +6,22 @@
 //! only then close what was marked to close. Nothing that acknowledges a write leaves before
 //! the commit that makes it durable.
 
+use crate::acceptor::{self, Acceptor};
 use crate::cmd::{self, Ctx};
 use crate::config::Config;
-use crate::conn::{CloseReason, Conn};
+use crate::conn::{CloseReason, Conn, ConnState};
 use crate::outbox::{FrameKind, Outbox};
 use crate::protocol::frame::{self, FrameCheck, FrameHeader};
 use crate::protocol::{ErrorCode, response};
 use crate::store::Store;
 use crate::world::World;
 use foldhash::{HashSet, HashSetExt};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,7 +39,8 @@ const READ_BUDGET: usize = 4 * READ_CHUNK;
 pub struct Server {
     config: Config,
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// `None` once shutting down.
+    acceptor: Option<Acceptor>,
     signals: Signals,
     conns: Slab<Conn>,
     store: Store,
@@ -71,8 +73,8 @@ impl Server {
     /// [`run`]: Server::run
     pub fn bind(config: Config, store: Store) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut acceptor = Acceptor::bind(config.listen, Duration::from_secs(config.out_of_fds_wait))?;
+        poll.registry().register(acceptor.listener_mut(), LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let server_secret = store.server_secret().map_err(io::Error::other)?;
@@ -88,7 +90,7 @@ impl Server {
         world.retries.rebuild(&store).map_err(io::Error::other)?;
         Ok(Server {
             poll,
-            listener: Some(listener),
+            acceptor: Some(acceptor),
             signals,
             // Reserved up front (address space only until used) so that growing never doubles
             // the table and copies it: an idle connection costs its own entry and no slack.
@@ -111,11 +113,11 @@ impl Server {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.as_ref().map_or(Err(io::ErrorKind::NotConnected.into()), |l| l.local_addr())
+        self.acceptor.as_ref().map_or(Err(io::ErrorKind::NotConnected.into()), |a| a.local_addr())
     }
 
     fn sweep_interval(config: &Config) -> Duration {
-        (config.idle_timeout() / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+        (config.frame_timeout() / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 
     /// Serves until SIGINT or SIGTERM, then shuts down cleanly.
@@ -125,7 +127,8 @@ impl Server {
             let timeout = if self.backlog_waiting() || !self.read_again.is_empty() {
                 Duration::ZERO
             } else {
-                self.next_sweep.saturating_duration_since(Instant::now())
+                let sweep = self.next_sweep.saturating_duration_since(Instant::now());
+                self.acceptor.as_ref().and_then(Acceptor::retry_in).map_or(sweep, |retry| retry.min(sweep))
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -138,6 +141,10 @@ impl Server {
             for token in std::mem::take(&mut self.read_again) {
                 self.read_conn(token, now, now_ms);
             }
+            // Clients waiting for a file descriptor get no event of their own.
+            if self.acceptor.as_ref().is_some_and(|a| a.retry_in().is_some()) {
+                self.accept_all(now);
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
@@ -146,7 +153,7 @@ impl Server {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_conn(i, now, now_ms);
                         }
-                        if event.is_writable() {
+                        if event.is_writable() || event.is_write_closed() || event.is_error() {
                             self.dirty.insert(i);
                         }
                     }
@@ -178,35 +185,23 @@ impl Server {
     }
 
     fn accept_all(&mut self, now: Instant) {
-        let Some(listener) = self.listener.as_ref() else { return };
-        loop {
-            match listener.accept() {
-                Ok((mut socket, addr)) => {
-                    if self.conns.len() >= self.config.max_connections {
-                        log::warn!("refusing {addr}: {} connections open", self.conns.len());
-                        let mut frame = Vec::new();
-                        response::error(&mut frame, 0, ErrorCode::ServerFull, "the server is full; try again later");
-                        // A new socket's send buffer is empty: one write takes the whole frame.
-                        let _ = socket.write(&frame);
-                        continue;
-                    }
-                    let entry = self.conns.vacant_entry();
-                    let token = entry.key();
-                    if let Err(e) = self.poll.registry().register(&mut socket, Token(token), Interest::READABLE) {
-                        log::error!("cannot register a connection: {e}");
-                        continue;
-                    }
-                    let _ = socket.set_nodelay(true);
-                    entry.insert(Conn::new(socket, addr.ip(), now));
-                    log::debug!("connection {token} from {addr}");
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("accept failed: {e}");
-                    break;
-                }
+        let Server { acceptor, conns, poll, config, .. } = self;
+        let Some(acceptor) = acceptor.as_mut() else { return };
+        while let Some((mut socket, addr)) = acceptor.next(now) {
+            if conns.len() >= config.max_connections {
+                log::warn!("refusing {addr}: {} connections open", conns.len());
+                acceptor::refuse(socket, "the server is full; try again later");
+                continue;
             }
+            let entry = conns.vacant_entry();
+            let token = entry.key();
+            if let Err(e) = poll.registry().register(&mut socket, Token(token), Interest::READABLE) {
+                log::error!("cannot register a connection: {e}");
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            entry.insert(Conn::new(socket, addr.ip(), now));
+            log::debug!("connection {token} from {addr}");
         }
     }
 
@@ -240,7 +235,6 @@ impl Server {
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    conn.last_frame_at = now;
                     if pending.is_empty() {
                         // The common case: parse straight from the shared buffer, keep only a tail.
                         let used = handle_frames(&mut ctx, token, conn, &scratch[..n]);
@@ -260,7 +254,7 @@ impl Server {
                 }
             }
         }
-        conn.keep_read_buf(pending);
+        conn.keep_read_buf(pending, now);
         if conn.closing().is_some() {
             self.closing.insert(token);
         } else if conn.read_paused {
@@ -271,23 +265,40 @@ impl Server {
         }
     }
 
-    /// The once-a-tick timers: idle timeout, login timeout, and slow readers held above the
-    /// soft limit for too long.
+    /// The once-a-tick timers: idle timeout, frame timeout, login timeout, slow readers held
+    /// above the soft limit for too long, and closed connections that lingered long enough.
     fn sweep_idle(&mut self, now: Instant) {
         let idle = self.config.idle_timeout();
+        let frame = self.config.frame_timeout();
         let login = self.config.login_timeout();
         let soft = Duration::from_secs(self.config.write_queue_soft_seconds);
         for (token, conn) in self.conns.iter_mut() {
             if conn.closing().is_some() {
+                if conn.linger_until.is_some_and(|t| now >= t) {
+                    // The client did not read its last frames in time.
+                    conn.discard_output();
+                    self.closing.insert(token);
+                }
                 continue;
             }
-            let (code, reason, message) = if now.duration_since(conn.last_frame_at) >= idle {
+            // A paused connection's unread frames wait for the server, not for the client.
+            let waiting_for_client = !conn.read_paused;
+            let (code, reason, message) = if waiting_for_client && now.duration_since(conn.last_frame_at) >= idle {
                 (ErrorCode::IdleTimeout, CloseReason::IdleTimeout, "no frame received within the idle timeout")
+            } else if waiting_for_client && conn.partial_frame_since.is_some_and(|t| now.duration_since(t) >= frame) {
+                (
+                    ErrorCode::FrameTimeout,
+                    CloseReason::FrameTimeout,
+                    "a frame took longer than the frame timeout to arrive",
+                )
             } else if !conn.is_authenticated() && now.duration_since(conn.unauthenticated_since) >= login {
                 (ErrorCode::LoginTimeout, CloseReason::LoginTimeout, "not logged in within the login timeout")
             } else if conn.over_soft_limit_since.is_some_and(|t| now.duration_since(t) >= soft) {
                 log::warn!("connection {token}: closing a slow reader ({} bytes queued)", conn.queued_bytes());
-                (ErrorCode::SlowReader, CloseReason::SlowReader, "the connection did not read what it was sent")
+                close_slow_reader(conn);
+                self.dirty.insert(token);
+                self.closing.insert(token);
+                continue;
             } else {
                 continue;
             };
@@ -297,11 +308,12 @@ impl Server {
             self.closing.insert(token);
         }
         self.world.registrations.prune(Duration::from_secs(self.config.register_window), now);
+        self.world.failed_logins.prune(self.config.login_limits().window, now);
     }
 
     fn close_all(&mut self) {
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        if let Some(mut acceptor) = self.acceptor.take() {
+            let _ = self.poll.registry().deregister(acceptor.listener_mut());
         }
         for (token, conn) in self.conns.iter_mut() {
             if conn.closing().is_none() {
@@ -440,21 +452,26 @@ impl Server {
             let Some(conn) = self.conns.get_mut(token) else { continue };
             if let Err(e) = conn.flush() {
                 log::debug!("connection {token}: write failed: {e}");
+                conn.discard_output();
                 conn.close(CloseReason::IoError);
                 self.closing.insert(token);
                 continue;
             }
             let queued = conn.queued_bytes();
-            if queued > self.config.write_queue_hard_limit {
+            if conn.closing().is_some() {
+                // Closed, and lingering at most until its last frames are written.
+                if queued == 0 {
+                    self.closing.insert(token);
+                }
+            } else if queued > self.config.write_queue_hard_limit {
                 log::warn!("connection {token}: closing a slow reader ({queued} bytes queued)");
-                conn.close(CloseReason::SlowReader);
+                close_slow_reader(conn);
                 self.closing.insert(token);
-                continue;
-            }
-            // A syncing connection holds at most BACKLOG_BUDGET queued (the rest waits in the
-            // store); one that reads nothing of it is as slow as one past the soft limit.
-            let stalled_backlog = conn.backlog.is_some() && queued >= BACKLOG_BUDGET;
-            if queued > self.config.write_queue_soft_limit || stalled_backlog {
+                if let Err(e) = conn.flush() {
+                    log::debug!("connection {token}: write failed: {e}");
+                    conn.discard_output();
+                }
+            } else if queued > self.config.write_queue_soft_limit || stalled_backlog(conn) {
                 conn.over_soft_limit_since.get_or_insert_with(Instant::now);
             } else {
                 conn.over_soft_limit_since = None;
@@ -465,6 +482,7 @@ impl Server {
                     Ok(()) => conn.set_writable_interest(want),
                     Err(e) => {
                         log::error!("connection {token}: cannot change interest: {e}");
+                        conn.discard_output();
                         conn.close(CloseReason::IoError);
                         self.closing.insert(token);
                     }
@@ -491,15 +509,19 @@ impl Server {
         });
     }
 
-    /// Removes every connection marked to close, ending its session first.
+    /// Ends the session of every connection marked to close, and removes it, unless it is
+    /// left to linger until its last frames are written (for at most
+    /// `--write-queue-soft-seconds`, the time any reader is given to catch up).
     fn remove_closing(&mut self) {
+        let now = Instant::now();
+        let linger = Duration::from_secs(self.config.write_queue_soft_seconds);
         let tokens: Vec<usize> = self.closing.drain().collect();
         for token in tokens {
-            if !self.conns.contains(token) {
-                continue;
-            }
-            let mut conn = self.conns.remove(token);
+            let Some(conn) = self.conns.get_mut(token) else { continue };
             if let Some(user) = conn.user() {
+                // The socket may outlive the session: it is over now.
+                conn.state = ConnState::Unauthenticated;
+                conn.backlog = None;
                 let mut ctx = Ctx {
                     store: &mut self.store,
                     world: &mut self.world,
@@ -507,10 +529,17 @@ impl Server {
                     config: &self.config,
                     server_secret: &self.server_secret,
                     now_ms: now_ms(),
-                    now: Instant::now(),
+                    now,
                 };
                 cmd::end_session(&mut ctx, token, user);
             }
+            let conn = &mut self.conns[token];
+            let lingers = conn.closing().is_some_and(CloseReason::lingers) && conn.queued_bytes() > 0;
+            if lingers && conn.linger_until.is_none_or(|until| now < until) {
+                conn.linger_until.get_or_insert(now + linger);
+                continue;
+            }
+            let mut conn = self.conns.remove(token);
             self.syncing.remove(&token);
             self.dirty.remove(&token);
             self.paused.remove(&token);
@@ -520,6 +549,22 @@ impl Server {
             drop::<TcpStream>(conn.socket);
         }
     }
+}
+
+/// Closes a connection that does not read what it is sent. Its frames not yet begun on the
+/// wire are dropped (the items among them were never acknowledged, so they wait for its next
+/// login) and `ERROR SLOW_READER` takes their place, so the client learns why.
+fn close_slow_reader(conn: &mut Conn) {
+    let mut frame = Vec::new();
+    response::error(&mut frame, 0, ErrorCode::SlowReader, "the connection did not read what it was sent");
+    conn.replace_unsent_with_last(&frame);
+    conn.close(CloseReason::SlowReader);
+}
+
+/// A syncing connection holds at most BACKLOG_BUDGET queued (the rest waits in the store): one
+/// that reads nothing of it is as slow as one past the soft limit.
+fn stalled_backlog(conn: &Conn) -> bool {
+    conn.backlog.is_some() && conn.queued_bytes() >= BACKLOG_BUDGET
 }
 
 /// Handles every complete frame at the front of `data`; returns the bytes consumed. Public so
@@ -548,6 +593,7 @@ pub fn handle_frames(ctx: &mut Ctx, token: usize, conn: &mut Conn, data: &[u8]) 
                 conn.close(CloseReason::ProtocolError);
             }
             FrameCheck::Complete { total } => {
+                conn.frame_received(ctx.now);
                 cmd::dispatch(ctx, token, conn, FrameHeader::parse(&data[used..used + total]));
                 used += total;
             }

@@ -6,6 +6,7 @@
 //! member, who is online — never touch the database.
 
 use crate::limits::{RegistrationThrottle, TokenBucket};
+use crate::login_throttle::LoginThrottle;
 pub use crate::retry::RetryWindow;
 use crate::store::{DeviceId, GroupId, MessageId, Store, StoreResult, UserId};
 // foldhash: several times faster than SipHash on these integer keys, and seeded per process,
@@ -83,6 +84,7 @@ pub struct World {
     pub groups: HashMap<GroupId, LiveGroup>,
     pub retries: RetryWindow,
     pub registrations: RegistrationThrottle,
+    pub failed_logins: LoginThrottle,
     /// Undelivered direct messages per recipient, read from the store on first need and kept
     /// up to date by SEND and ACK (for `--max-offline`).
     pub undelivered: HashMap<UserId, Undelivered>,

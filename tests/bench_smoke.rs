@@ -23,7 +23,7 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--db")
             .arg(dir.path().join("bench.db"))
-            .args(["--min-kdf-iterations", "1000", "--trust-loopback", "--send-rate", "0", "--max-offline", "0"])
+            .args(["--min-kdf-iterations", "1000", "--send-rate", "0", "--max-offline", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -92,4 +92,14 @@ fn drain_delivers_the_offline_backlog() {
     let json = Server::start().bench(&["drain", "--messages", "300", "--window", "32"]);
     assert!(json.contains("\"sync_done_count\":300"), "{json}");
     assert!(json.contains("\"redelivered_after_ack\":0"), "{json}");
+}
+
+#[test]
+fn drain_on_three_devices_delivers_the_backlog_to_each() {
+    let json = Server::start().bench(&["drain", "--messages", "300", "--window", "32", "--devices", "3"]);
+    assert!(json.contains("\"devices\":3"), "{json}");
+    for device in 1..=3 {
+        assert!(json.contains(&format!("\"device{device}_sync_done_count\":300")), "{json}");
+        assert!(json.contains(&format!("\"device{device}_redelivered_after_ack\":0")), "{json}");
+    }
 }

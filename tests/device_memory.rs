@@ -40,7 +40,7 @@ fn drain_backlog(client: &mut Client) -> Vec<u64> {
 fn a_login_in_700_busy_groups_costs_bounded_memory() {
     const GROUPS: usize = 700;
     const PER_GROUP: usize = 16;
-    let server = TestServer::start_with(&["--device-backlog-cap", "100000"]);
+    let server = TestServer::start_with(&["--device-backlog-cap", "100000", "--max-groups-per-user", "1000"]);
     server.register_all(&["spammer", "victim"]);
     let mut spammer = server.device("spammer");
     befriend_offline(&server, &mut spammer, &["victim"]);

@@ -408,3 +408,55 @@ fn read_clamps_to_the_conversation() {
         "{receipt:?}"
     );
 }
+
+/// A device still receiving its backlog when its user gains a friend and a group (on another
+/// device) gets their items too, in their place: the backlog picks up new conversations.
+#[test]
+fn conversations_gained_during_a_backlog_are_part_of_it() {
+    let server = TestServer::start();
+    server.register_all(&["alice", "bob", "carol", "dave"]);
+    let mut alice = server.device("alice");
+    befriend_offline(&server, &mut alice, &["bob"]);
+    let mut dave = server.device("dave");
+    befriend_offline(&server, &mut dave, &["bob"]);
+    let body = "a".repeat(4000);
+    let sends: Vec<Request> = (0..3000).map(|n| req::send("bob", n + 1, &body)).collect();
+    let queued: Vec<u64> = alice.pipeline(&sends).iter().map(|r| r.sent().0).collect();
+
+    // The phone starts its backlog and reads one item only.
+    let mut phone = server.hello();
+    phone.login_as("bob", PHONE);
+    let first = phone.push();
+    assert_eq!(first.item_id(), Some(queued[0]));
+
+    // Meanwhile, on the laptop: carol becomes a friend and writes; dave adds bob to a group.
+    let (mut laptop, _) = server.login_device("bob", LAPTOP);
+    let mut carol = server.device("carol");
+    assert_eq!(carol.call(req::friend_request("bob")), Message::FriendRequestOk { outcome: 0 });
+    assert_eq!(laptop.call(req::friend_accept("carol")), Message::Ok);
+    let (from_carol, _) = carol.call(req::send("bob", 1, "hello from carol")).sent();
+    let group = dave.call(req::group_create("climbers")).group_id();
+    assert_eq!(dave.call(req::group_invite(group, "bob")), Message::Ok);
+    let (in_group, _) = dave.call(req::group_send(group, 1, "group hello")).sent();
+
+    let mut received = vec![first];
+    loop {
+        match phone.push() {
+            Message::SyncDone { .. } => break,
+            message => received.push(message),
+        }
+    }
+    let ids = item_ids(&received);
+    for id in queued.iter().chain([&from_carol, &in_group]) {
+        assert!(ids.contains(id), "item {id} missing from the backlog");
+    }
+    let carol_message = received.iter().find(|m| m.item_id() == Some(from_carol)).unwrap().deliver();
+    assert_eq!((carol_message.from.as_str(), &carol_message.to), ("carol", &Target::direct("bob")));
+    let group_message = received.iter().find(|m| m.item_id() == Some(in_group)).unwrap().deliver();
+    assert_eq!((group_message.from.as_str(), &group_message.to), ("dave", &Target::Group(group)));
+    assert!(received.iter().any(
+        |m| matches!(m, Message::GroupEvent { event: group_event::JOINED, username, group_id, .. } if username == "bob" && *group_id == group)
+    ));
+    assert!(received.iter().any(|m| matches!(m, Message::FriendEvent { event: 6, username, .. } if username == "carol")));
+    phone.assert_quiet();
+}

@@ -36,8 +36,8 @@ fn sends_past_the_burst_are_rate_limited_and_not_stored() {
 }
 
 #[test]
-fn registrations_are_throttled_per_address_unless_loopback_is_trusted() {
-    let server = TestServer::start_with(&["--register-limit", "2"]);
+fn registrations_are_throttled_per_address_and_loopback_only_when_asked() {
+    let server = TestServer::start_with(&["--register-limit", "2", "--limit-loopback"]);
     let mut c = server.hello();
     assert_eq!(c.call(register_request("r1")), Message::Ok);
     assert_eq!(c.call(register_request("r2")), Message::Ok);
@@ -50,7 +50,7 @@ fn registrations_are_throttled_per_address_unless_loopback_is_trusted() {
     let mut other = server.hello();
     assert!(matches!(other.call(register_request("r3")), Message::RetryLater { .. }));
 
-    let trusting = TestServer::start_with(&["--register-limit", "2", "--trust-loopback"]);
+    let trusting = TestServer::start_with(&["--register-limit", "2"]);
     let mut c = trusting.hello();
     for name in ["t1", "t2", "t3", "t4"] {
         assert_eq!(c.call(register_request(name)), Message::Ok, "{name}");

@@ -44,7 +44,7 @@ const LOGIN_CHALLENGE: u8 = 0x84;
 const SYNC_DONE: u8 = 0xC4;
 
 /// Error code names, PROTOCOL.md §4 (index = code).
-const ERROR_NAMES: [&str; 33] = [
+const ERROR_NAMES: [&str; 39] = [
     "?",
     "MALFORMED_FRAME",
     "UNKNOWN_OPCODE",
@@ -78,6 +78,12 @@ const ERROR_NAMES: [&str; 33] = [
     "LOGIN_TIMEOUT",
     "TOO_MANY_DEVICES",
     "NO_SUCH_DEVICE",
+    "FRAME_TIMEOUT",
+    "TOO_MANY_GROUPS",
+    "GROUP_FULL",
+    "TOO_MANY_REQUESTS",
+    "TOO_MANY_FRIENDS",
+    "LOGIN_THROTTLED",
 ];
 
 /// Response opcode names, PROTOCOL.md §3 (index = opcode - 0x80).
@@ -206,7 +212,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("temporary directory");
         let db = dir.path().join("x.db");
         let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
-            .args(["--listen", "127.0.0.1:0", "--min-kdf-iterations", "1000", "--trust-loopback", "--db"])
+            .args(["--listen", "127.0.0.1:0", "--min-kdf-iterations", "1000", "--db"])
             .arg(&db)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -45,6 +45,7 @@ pub fn valid_username(name: &str) -> bool {
 }
 
 pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
+    count_registration(ctx, o)?;
     if !valid_username(r.username) {
         return refuse(ErrorCode::InvalidUsername, "a username is 1 to 32 characters of A-Z, a-z, 0-9, _ . -");
     }
@@ -56,13 +57,6 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
     }
     if !(16..=64).contains(&r.salt.len()) || r.stored_key.len() != KEY_LEN || r.server_key.len() != KEY_LEN {
         return refuse(ErrorCode::WeakCredentials, "the salt must be 16 to 64 bytes and each key 32 bytes");
-    }
-    let throttled = ctx.config.register_limit > 0 && !(ctx.config.trust_loopback && o.conn.peer.is_loopback());
-    let window = Duration::from_secs(ctx.config.register_window);
-    if throttled
-        && let Err(wait) = ctx.world.registrations.check(o.conn.peer, ctx.config.register_limit, window, ctx.now)
-    {
-        return Err(Refusal::RetryLater(ErrorCode::RateLimited, wait, "too many registrations from this address"));
     }
     let name_key = r.username.to_ascii_lowercase();
     let created = ctx.store.create_user(&NewUser {
@@ -77,11 +71,24 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
     if created.is_none() {
         return refuse(ErrorCode::UsernameTaken, "that username is taken");
     }
-    if throttled {
-        ctx.world.registrations.record(o.conn.peer, ctx.now);
-    }
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
+    Ok(())
+}
+
+/// Counts a REGISTER against its address's `--register-limit`, or refuses it. Every attempt
+/// counts, whatever its answer: USERNAME_TAKEN tells whether a name exists, so probing names
+/// costs what registering does.
+fn count_registration(ctx: &mut Ctx, o: &Origin) -> Outcome {
+    let peer = o.conn.peer;
+    if !ctx.config.limits_registrations_from(peer) {
+        return Ok(());
+    }
+    let window = Duration::from_secs(ctx.config.register_window);
+    if let Err(wait) = ctx.world.registrations.check(peer, ctx.config.register_limit, window, ctx.now) {
+        return Err(Refusal::RetryLater(ErrorCode::RateLimited, wait, "too many registrations from this address"));
+    }
+    ctx.world.registrations.record(peer, ctx.now);
     Ok(())
 }
 
@@ -94,10 +101,11 @@ fn key_from(bytes: &[u8]) -> Key {
 }
 
 pub fn login_start(ctx: &mut Ctx, o: &mut Origin, username: &str, client_nonce: &[u8]) -> Outcome {
+    let name_key = username.to_ascii_lowercase();
+    check_failed_logins(ctx, o, &name_key)?;
     if !(16..=64).contains(&client_nonce.len()) {
         return refuse(ErrorCode::InvalidArgument, "the client nonce must be 16 to 64 bytes");
     }
-    let name_key = username.to_ascii_lowercase();
     let found = if valid_username(username) { ctx.store.find_user(&name_key)? } else { None };
     // An unknown name gets a challenge like a real one; its all-zero StoredKey matches no proof.
     let (user, salt, iterations, stored_key, server_key) = match found {
@@ -115,7 +123,8 @@ pub fn login_start(ctx: &mut Ctx, o: &mut Origin, username: &str, client_nonce: 
     }
     nonce.extend_from_slice(&server_nonce);
     let auth_message = scram::auth_message(username, client_nonce, &salt, iterations, &nonce);
-    o.conn.state = ConnState::Authenticating(Box::new(PendingLogin { user, stored_key, server_key, auth_message }));
+    let pending = PendingLogin { name_key, user, stored_key, server_key, auth_message };
+    o.conn.state = ConnState::Authenticating(Box::new(pending));
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::login_challenge(b, id, &salt, iterations, &nonce));
     Ok(())
@@ -128,8 +137,14 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64,
     if device_id == 0 || !(1..=64).contains(&device_name.chars().count()) {
         return refuse(ErrorCode::InvalidArgument, "a device id is a nonzero u64 and its name 1 to 64 characters");
     }
+    // Checked again: other connections may have failed since this one's LOGIN_START.
+    check_failed_logins(ctx, o, &pending.name_key)?;
     let verified = scram::verify_proof(&pending.stored_key, &pending.auth_message, proof);
+    if verified {
+        ctx.world.failed_logins.succeeded(&pending.name_key, o.conn.peer);
+    }
     let Some((user, name)) = pending.user.filter(|_| verified) else {
+        ctx.world.failed_logins.failed(&pending.name_key, o.conn.peer, &ctx.config.login_limits(), ctx.now);
         o.conn.failed_logins += 1;
         if o.conn.failed_logins >= MAX_FAILED_LOGINS {
             log::info!("closing a connection after {MAX_FAILED_LOGINS} failed logins");
@@ -174,6 +189,14 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64,
     })));
     log::debug!("user {user} logged in");
     Ok(())
+}
+
+/// Refuses a login from a source that failed too often lately, as this account or as any
+/// (`--login-failures-per-account`, `--login-failures-per-address`).
+fn check_failed_logins(ctx: &Ctx, o: &Origin, name_key: &str) -> Outcome {
+    ctx.world.failed_logins.check(name_key, o.conn.peer, ctx.now).map_err(|wait| {
+        Refusal::RetryLater(ErrorCode::LoginThrottled, wait, "too many failed logins from your address; wait")
+    })
 }
 
 /// Ends this connection's session; the last session of a user takes them offline.

@@ -1,7 +1,7 @@
 //! FRIEND_REQUEST, FRIEND_ACCEPT, FRIEND_DECLINE, FRIEND_REMOVE, FRIEND_LIST.
 
 use super::notify::FriendAction;
-use super::{Ctx, Origin, Outcome, name_of, notify, refuse};
+use super::{Ctx, Origin, Outcome, caps, name_of, notify, refuse};
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, FriendEvent, FriendRequestOutcome};
 use crate::store::UserId;
@@ -35,6 +35,7 @@ fn befriend(ctx: &mut Ctx, o: &Origin, me: UserId, my_name: &str, them: UserId, 
 }
 
 pub fn request(ctx: &mut Ctx, o: &mut Origin, me: UserId, username: &str) -> Outcome {
+    caps::check_friend_request(ctx, me, username)?;
     let my_name = name_of(ctx, me);
     if username.eq_ignore_ascii_case(&my_name) {
         return refuse(ErrorCode::InvalidArgument, "you cannot send a friend request to yourself");
@@ -62,6 +63,9 @@ pub fn request(ctx: &mut Ctx, o: &mut Origin, me: UserId, username: &str) -> Out
 }
 
 pub fn answer(ctx: &mut Ctx, o: &mut Origin, me: UserId, username: &str, answer: Answer) -> Outcome {
+    if let Answer::Accept = answer {
+        caps::check_friend_accept(ctx, me, username)?;
+    }
     let found = ctx.store.find_user_id(&username.to_ascii_lowercase())?;
     let Some((them, their_name)) = found else {
         return refuse(ErrorCode::NoSuchRequest, "that user has not asked to be your friend");
@@ -102,7 +106,11 @@ pub fn list(ctx: &mut Ctx, o: &mut Origin, me: UserId) -> Outcome {
     friends.sort_by_key(|(name, _)| name.to_ascii_lowercase());
     let incoming = ctx.store.incoming_requests(me)?;
     let outgoing = ctx.store.outgoing_requests(me)?;
+    const TOO_LONG: &str = "your friends and requests are more than a list can hold";
+    let friends = caps::list16(&friends, ErrorCode::TooManyFriends, TOO_LONG)?;
+    let incoming = caps::list16(&incoming, ErrorCode::TooManyRequests, TOO_LONG)?;
+    let outgoing = caps::list16(&outgoing, ErrorCode::TooManyRequests, TOO_LONG)?;
     let id = o.request_id;
-    ctx.outbox.respond(o.token, id, |b| response::friend_list(b, id, &friends, &incoming, &outgoing));
+    ctx.outbox.respond(o.token, id, |b| response::friend_list(b, id, friends, incoming, outgoing));
     Ok(())
 }

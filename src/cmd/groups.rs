@@ -1,7 +1,7 @@
 //! GROUP_CREATE, GROUP_INVITE, GROUP_LEAVE, GROUP_MEMBERS, GROUP_LIST, GROUP_SEND.
 
 use super::chat::{answer_retry, fan_out, store_text};
-use super::{Ctx, Origin, Outcome, check_body, name_of, refuse, take_send_token};
+use super::{Ctx, Origin, Outcome, caps, check_body, name_of, refuse, take_send_token};
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery, GroupEntry, GroupEvent, GroupNotice, MemberEntry};
@@ -58,6 +58,7 @@ fn group_event(ctx: &mut Ctx, o: &Origin, group: GroupId, event: GroupEvent, (wh
 }
 
 pub fn create(ctx: &mut Ctx, o: &mut Origin, me: UserId, name: &str) -> Outcome {
+    caps::check_create_group(ctx, me)?;
     let chars = name.chars().count();
     if !(1..=64).contains(&chars) || name.trim().is_empty() {
         return refuse(ErrorCode::InvalidArgument, "a group name is 1 to 64 characters");
@@ -82,6 +83,8 @@ pub fn invite(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, username
     if ctx.store.is_member(group, friend.id)? {
         return refuse(ErrorCode::AlreadyMember, "that user is already a member");
     }
+    // After the friendship check, so a stranger's name never learns more than NOT_FRIENDS.
+    caps::check_invite(ctx, me, group_id, username)?;
     // The member's first item of the group is the event of their joining.
     ctx.store.add_member(group, friend.id, ctx.now_ms)?;
     let group_name = ctx.world.groups.get(&group).map(|g| g.name.clone()).unwrap_or_default();
@@ -129,8 +132,9 @@ pub fn list(ctx: &mut Ctx, o: &mut Origin, me: UserId) -> Outcome {
         .into_iter()
         .map(|g| GroupEntry { group_id: g.id as u64, name: g.name, owner: g.owner, members: g.members })
         .collect();
+    let groups = caps::list16(&groups, ErrorCode::TooManyGroups, "you are in more groups than a list can hold")?;
     let rid = o.request_id;
-    ctx.outbox.respond(o.token, rid, |b| response::group_list(b, rid, &groups));
+    ctx.outbox.respond(o.token, rid, |b| response::group_list(b, rid, groups));
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! HISTORY: pages of a conversation, older or newer from an anchor, for its participants only.
 
-use super::{Ctx, Origin, Outcome, refuse};
+use super::{Ctx, Origin, Outcome, caps, refuse};
 use crate::protocol::ErrorCode;
 use crate::protocol::request::{Direction, HistoryTarget};
 use crate::protocol::response::{self, HistoryEntry};
@@ -59,7 +59,9 @@ pub fn page(
             body: String::from_utf8_lossy(&r.body).into_owned(),
         })
         .collect();
+    // At most MAX_LIMIT entries: always a list for a u16 count.
+    let entries = caps::list16(&entries, ErrorCode::InvalidArgument, "limit must be 1 to 200")?;
     let rid = o.request_id;
-    ctx.outbox.respond(o.token, rid, |b| response::history_page(b, rid, &entries, next));
+    ctx.outbox.respond(o.token, rid, |b| response::history_page(b, rid, entries, next));
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! world, and stages its answer and pushes in the outbox. No handler does socket IO.
 
 mod auth;
+mod caps;
 mod chat;
 mod devices;
 mod friends;
@@ -78,7 +79,8 @@ pub fn dispatch(ctx: &mut Ctx, token: Token, conn: &mut Conn, frame: FrameHeader
         Ok(()) => {}
         Err(Refusal::Error(code, message)) => ctx.outbox.error(token, request_id, code, message),
         Err(Refusal::RetryLater(code, wait, message)) => {
-            let ms = wait.as_millis().clamp(1, u32::MAX as u128) as u32;
+            // Rounded up: a client that waits exactly this long must not be early.
+            let ms = wait.as_nanos().div_ceil(1_000_000).clamp(1, u32::MAX as u128) as u32;
             ctx.outbox.respond(token, request_id, |b| response::retry_later(b, request_id, code, ms, message));
         }
         Err(Refusal::Store(e)) => {

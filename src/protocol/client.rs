@@ -502,6 +502,10 @@ mod tests {
         }
     }
 
+    fn list<T>(items: &[T]) -> response::List16<'_, T> {
+        response::List16::new(items).expect("a short list")
+    }
+
     fn check(encode: impl FnOnce(&mut Vec<u8>), request_id: u32, expected: ServerFrame) {
         let mut buf = Vec::new();
         encode(&mut buf);
@@ -561,7 +565,7 @@ mod tests {
         );
         let friends = vec![("bob".to_string(), true), ("carol".to_string(), false)];
         check(
-            |b| response::friend_list(b, 8, &friends, &["dave".to_string()], &[]),
+            |b| response::friend_list(b, 8, list(&friends), list(&["dave".to_string()]), list(&[])),
             8,
             ServerFrame::FriendListResult {
                 friends: vec![("bob", true), ("carol", false)],
@@ -576,7 +580,7 @@ mod tests {
         );
         let entries = vec![HistoryEntry { message_id: 3, timestamp_ms: 4, sender: "bob".into(), body: "hé".into() }];
         check(
-            |b| response::history_page(b, 10, &entries, 2),
+            |b| response::history_page(b, 10, list(&entries), 2),
             10,
             ServerFrame::HistoryPage {
                 rows: vec![HistoryRow { message_id: 3, timestamp_ms: 4, sender: "bob", body: "hé" }],
@@ -595,7 +599,7 @@ mod tests {
         );
         let groups = vec![GroupEntry { group_id: 1, name: "lobby".into(), owner: "".into(), members: 3 }];
         check(
-            |b| response::group_list(b, 13, &groups),
+            |b| response::group_list(b, 13, list(&groups)),
             13,
             ServerFrame::GroupListResult {
                 groups: vec![GroupRow { group_id: 1, name: "lobby", owner: "", members: 3 }],

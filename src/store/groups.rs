@@ -112,3 +112,17 @@ impl Store {
         Ok(stmt.exists([group, user])?)
     }
 }
+
+impl Store {
+    /// How many groups a user is in, the lobby included.
+    pub fn group_count(&self, user: UserId) -> StoreResult<u32> {
+        let mut stmt = self.db.prepare_cached("SELECT COUNT(*) FROM group_members WHERE user_id = ?1")?;
+        Ok(stmt.query_row([user], |r| r.get(0))?)
+    }
+
+    /// How many members a group has.
+    pub fn member_count(&self, group: GroupId) -> StoreResult<u32> {
+        let mut stmt = self.db.prepare_cached("SELECT COUNT(*) FROM group_members WHERE group_id = ?1")?;
+        Ok(stmt.query_row([group], |r| r.get(0))?)
+    }
+}

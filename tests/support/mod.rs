@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -71,6 +71,12 @@ pub mod code {
     pub const LOGIN_TIMEOUT: u16 = 30;
     pub const TOO_MANY_DEVICES: u16 = 31;
     pub const NO_SUCH_DEVICE: u16 = 32;
+    pub const FRAME_TIMEOUT: u16 = 33;
+    pub const TOO_MANY_GROUPS: u16 = 34;
+    pub const GROUP_FULL: u16 = 35;
+    pub const TOO_MANY_REQUESTS: u16 = 36;
+    pub const TOO_MANY_FRIENDS: u16 = 37;
+    pub const LOGIN_THROTTLED: u16 = 38;
 }
 
 /// Opcodes, PROTOCOL.md §3.
@@ -753,29 +759,44 @@ impl TestServer {
 
     /// A server on the database of an earlier one (see [`TestServer::terminate`]).
     pub fn start_in(dir: TempDir, args: &[&str]) -> Self {
-        Self::start_in_with_env(dir, args, &[])
+        Self::launch(dir, args, None, &[])
+    }
+
+    /// A server allowed at most `limit` open file descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(limit: u32, args: &[&str]) -> Self {
+        Self::launch(tempfile::tempdir().expect("temporary directory"), args, Some(limit), &[])
     }
 
     /// [`TestServer::start_in`] with extra environment variables.
     pub fn start_in_with_env(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(dir, args, None, env)
+    }
+
+    fn launch(dir: TempDir, args: &[&str], fd_limit: Option<u32>, env: &[(&str, &str)]) -> Self {
         let db = dir.path().join("im.db");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.path().join("server.log"))
             .expect("server log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_im-server"));
+        let binary = env!("CARGO_BIN_EXE_im-server");
+        let mut command = match fd_limit {
+            None => Command::new(binary),
+            // `exec` keeps the process id, so `pid()` is still the server's.
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\""), binary]);
+                shell
+            }
+        };
         command.arg("--listen").arg("127.0.0.1:0").arg("--db").arg(&db);
         // Test defaults, each unless the test sets the flag itself: cheap key derivation, and
-        // no registration, send-rate or offline-queue limits for tests that register many users
-        // from loopback and send in bursts (tests/limits.rs sets them).
+        // no send-rate or offline-queue limits for tests that send in bursts (tests/limits.rs
+        // sets them). Registrations from loopback are not limited unless --limit-loopback.
         for (flag, value) in [("--min-kdf-iterations", "1000"), ("--send-rate", "0"), ("--max-offline", "0")] {
             if !args.contains(&flag) {
                 command.args([flag, value]);
             }
-        }
-        if !args.contains(&"--register-limit") {
-            command.arg("--trust-loopback");
         }
         command.args(args);
         command.envs(env.iter().copied());
@@ -816,6 +837,13 @@ impl TestServer {
     /// A raw connection that has sent nothing yet.
     pub fn connect(&self) -> Client {
         Client::connect(self.port)
+    }
+
+    /// A connection past `HELLO` from the local address `from` (see [`Client::connect_from`]).
+    pub fn hello_from(&self, from: IpAddr) -> Client {
+        let mut client = Client::connect_from(self.port, from);
+        client.hello();
+        client
     }
 
     /// A connection past `HELLO`.
@@ -962,7 +990,19 @@ pub struct Client {
 
 impl Client {
     pub fn connect(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to im-server");
+        Self::over(TcpStream::connect(("127.0.0.1", port)).expect("connect to im-server"))
+    }
+
+    /// A connection from the local address `from`: all of 127.0.0.0/8 is loopback, so one
+    /// machine can play several hosts.
+    pub fn connect_from(port: u16, from: IpAddr) -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(from, 0).into()).expect("bind the client's address");
+        socket.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into()).expect("connect to im-server");
+        Self::over(socket.into())
+    }
+
+    fn over(stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
@@ -981,6 +1021,11 @@ impl Client {
     pub fn write_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).expect("write to im-server");
         self.writer.flush().unwrap();
+    }
+
+    /// A second handle on the socket, for writing from another thread while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.writer.try_clone().expect("clone the socket")
     }
 
     /// Writes bytes one at a time, each in its own `write` and flush.

@@ -88,6 +88,11 @@ impl Default for LoginFlow {
 }
 
 impl LoginFlow {
+    /// A login that speaks for device `device_id`.
+    pub fn for_device(device_id: u64) -> Self {
+        LoginFlow { device_id, ..LoginFlow::default() }
+    }
+
     /// Queues `LOGIN_START` with a fresh nonce.
     pub fn start(&mut self, net: &mut Net, token: usize, name: &str, rng: &mut Rng) {
         rng.fill(&mut self.nonce);
@@ -222,12 +227,40 @@ pub fn login_all(
     names: &[String],
     rng: &mut Rng,
 ) -> Result<Sessions, String> {
+    let flows = names.iter().map(|_| LoginFlow::default()).collect();
+    log_in(net, common, creds, names, flows, rng)
+}
+
+/// Logs one user in on several devices at once, one connection per device id, each waiting
+/// for its `SYNC_DONE` as in [`login_all`]. The sessions are in the order of the ids given.
+pub fn login_devices(
+    net: &mut Net,
+    common: &Common,
+    creds: &Credentials,
+    name: &str,
+    device_ids: &[u64],
+    rng: &mut Rng,
+) -> Result<Sessions, String> {
+    let names = vec![name.to_string(); device_ids.len()];
+    let flows = device_ids.iter().map(|&id| LoginFlow::for_device(id)).collect();
+    log_in(net, common, creds, &names, flows, rng)
+}
+
+/// Logs in connection `i` as `names[i]` with `flows[i]` (which names its device).
+fn log_in(
+    net: &mut Net,
+    common: &Common,
+    creds: &Credentials,
+    names: &[String],
+    flows: Vec<LoginFlow>,
+    rng: &mut Rng,
+) -> Result<Sessions, String> {
     let mut phase = LoginAll {
         common,
         creds,
         names,
         rng,
-        flows: (0..names.len()).map(|_| LoginFlow::default()).collect(),
+        flows,
         tokens: vec![usize::MAX; names.len()],
         max_item: vec![0; names.len()],
         next: 0,
@@ -269,6 +302,10 @@ impl Phase for LoginAll<'_> {
 
     fn on_data(&mut self, net: &mut Net, token: usize, data: &[u8], _now: Instant) -> Result<usize, String> {
         let i = net.tag(token);
+        if self.tokens.get(i) != Some(&token) {
+            // A connection of an earlier step: its bytes wait for the step that owns it.
+            return Ok(0);
+        }
         let name = &self.names[i];
         let flow = &mut self.flows[i];
         let mut synced = false;

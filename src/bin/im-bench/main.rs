@@ -123,6 +123,9 @@ enum Shape {
         window: usize,
         #[arg(long, default_value_t = 64)]
         body: usize,
+        /// Devices the user logs in on at once after the fill; each receives all M messages.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        devices: u64,
     },
 }
 
@@ -239,11 +242,11 @@ fn main() -> ExitCode {
         Shape::Login { connections } => {
             ("login", shapes::login::run(&common, &shapes::login::Args { connections: *connections }, &mut rng))
         }
-        Shape::Drain { messages, window, body } => (
+        Shape::Drain { messages, window, body, devices } => (
             "drain",
             shapes::drain::run(
                 &common,
-                &shapes::drain::Args { messages: *messages, window: *window, body: *body },
+                &shapes::drain::Args { messages: *messages, window: *window, body: *body, devices: *devices },
                 &mut rng,
             ),
         ),

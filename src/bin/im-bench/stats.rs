@@ -1,6 +1,7 @@
 //! A latency histogram and the report every shape prints (a table, or one JSON line).
 
 use crate::procstat::CpuUse;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// Sub-buckets per power of two: values are kept within 1/128 (under 1%) of their true size.
@@ -83,7 +84,8 @@ pub enum Value {
 pub struct Report {
     pub shape: &'static str,
     pub target: &'static str,
-    rows: Vec<(&'static str, Value)>,
+    /// Keys are mostly literals; a few are made per run (one per device of `drain`).
+    rows: Vec<(Cow<'static, str>, Value)>,
     pub verified: bool,
     pub failures: Vec<String>,
     pub warnings: Vec<String>,
@@ -94,12 +96,12 @@ impl Report {
         Report { shape, target, rows: Vec::new(), verified: true, failures: Vec::new(), warnings: Vec::new() }
     }
 
-    pub fn int(&mut self, key: &'static str, v: u64) {
-        self.rows.push((key, Value::Int(v)));
+    pub fn int(&mut self, key: impl Into<Cow<'static, str>>, v: u64) {
+        self.rows.push((key.into(), Value::Int(v)));
     }
 
-    pub fn float(&mut self, key: &'static str, v: f64) {
-        self.rows.push((key, Value::Float(v)));
+    pub fn float(&mut self, key: impl Into<Cow<'static, str>>, v: f64) {
+        self.rows.push((key.into(), Value::Float(v)));
     }
 
     /// Adds p50/p99/p99.9/max of a histogram, in microseconds, under the four keys given.
@@ -152,6 +154,7 @@ impl Report {
 
     pub fn human(&self) -> String {
         let mut out = format!("im-bench {} against {}\n", self.shape, self.target);
+        let width = self.rows.iter().map(|(key, _)| key.len()).max().unwrap_or(0).max(24);
         for (key, value) in &self.rows {
             let shown = match value {
                 Value::Int(v) => group_digits(*v),
@@ -159,9 +162,9 @@ impl Report {
                 Value::Float(v) if v.abs() >= 10.0 => format!("{v:.1}"),
                 Value::Float(v) => format!("{v:.3}"),
             };
-            let _ = writeln!(out, "  {key:<24} {shown:>16}");
+            let _ = writeln!(out, "  {key:<width$} {shown:>16}");
         }
-        let _ = writeln!(out, "  {:<24} {:>16}", "verified", self.verified);
+        let _ = writeln!(out, "  {:<width$} {:>16}", "verified", self.verified);
         for f in &self.failures {
             let _ = writeln!(out, "  FAILED: {f}");
         }
