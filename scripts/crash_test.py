@@ -67,8 +67,9 @@ class ServerProcess:
         process = subprocess.Popen(
             [BINARY, "--listen", "127.0.0.1:0", "--db", self.db,
              "--min-kdf-iterations", str(ITERATIONS),
-             # Load from loopback: no registration, send-rate or offline-queue limits.
-             "--trust-loopback", "--send-rate", "0", "--max-offline", "0"],
+             # Load from loopback (exempt from the registration limit): no send-rate or
+             # offline-queue limits.
+             "--send-rate", "0", "--max-offline", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         line = process.stdout.readline().decode().strip()
         if not line.startswith("listening on "):

@@ -125,6 +125,16 @@ SENTENCES = {
     31: ("Your account already has as many devices as the server allows; on a device that is "
          "logged in, /devices remove ID forgets one you no longer use.",),
     32: ("Your account has no such device; /devices lists them.",),
+    33: ("A request took too long to arrive whole, so the server hung up.",),
+    34: ("Someone is in as many groups as the server allows.",
+         "{name} is in as many groups as the server allows (or you are)."),
+    35: ("That group is full.", "{group} is full."),
+    36: ("Too many friend requests are waiting for an answer.",
+         "Too many friend requests are waiting for an answer, from you or to {name}."),
+    37: ("Someone has as many friends as the server allows.",
+         "You or {name} already have as many friends as the server allows."),
+    38: ("Too many failed logins from here lately; please wait a moment.",
+         "Too many failed logins from here lately; please wait {wait}."),
 }
 
 # The server closes a connection with NO_SUCH_DEVICE when its device was removed elsewhere.
@@ -959,7 +969,7 @@ class Chat:
                            "in again." % explain(error))
                 return
             reason = explain(error).rstrip(".")
-            self.retry_later(reason[0].lower() + reason[1:])
+            self.retry_later(reason[0].lower() + reason[1:], error.retry_after_ms)
             return
         except (OSError, ProtocolError, AuthenticationError, KeysMismatch) as error:
             client.close()
@@ -978,9 +988,12 @@ class Chat:
         except NotConnected:
             pass
 
-    def retry_later(self, reason):
+    def retry_later(self, reason, wait_ms=None):
+        """Try to reconnect after the backoff, or after `wait_ms` if the server asked for a
+        longer wait (RETRY_LATER)."""
         self.backoff = min(self.backoff * 2, BACKOFF_LAST)
         delay = self.backoff * (0.8 + 0.4 * secrets.randbelow(1000) / 1000)
+        delay = max(delay, (wait_ms or 0) / 1000)
         self.reconnect_at = time.monotonic() + delay
         self.error("Still cannot reach the server (%s); trying again in %d s."
                    % (reason, round(delay)))

@@ -74,7 +74,7 @@ class Server:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [self.binary, "--listen", listen, "--db", self.db,
-             "--min-kdf-iterations", str(MIN_KDF_ITERATIONS), "--trust-loopback",
+             "--min-kdf-iterations", str(MIN_KDF_ITERATIONS),
              "--device-backlog-cap", str(DEVICE_BACKLOG_CAP)],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         log.close()

@@ -17,8 +17,8 @@ Every login names a device: `Env.device(name, label)` keeps one stable id per us
 ("main" unless a case says otherwise), as a real client keeps its id from run to run.
 
 Prints one line per case and `N passed, N failed` last; exits 1 if any case failed.
-Nothing here sleeps for an event: every wait blocks on a socket with a timeout. The one
-sleep is the wait a `RETRY_LATER` asks for.
+Nothing here sleeps for an event: every wait blocks on a socket with a timeout. The only
+sleeps are the waits a `RETRY_LATER` asks for (a send rate, a login throttle).
 """
 
 import argparse
@@ -52,10 +52,11 @@ TEST_ITERATIONS = 4096
 MIN_KDF_ITERATIONS = 1000
 PUSH_TIMEOUT = 5.0
 STARTUP_TIMEOUT = 30.0
-# The flags of the test's own server: many users from one loopback address and bursts of
-# sends, so limits are off but sessions. A case that needs a limit starts a server of its own.
-OWN_SERVER_FLAGS = ["--min-kdf-iterations", str(MIN_KDF_ITERATIONS), "--trust-loopback",
-                    "--send-rate", "0", "--max-offline", "0"]
+# The flags of the test's own server: bursts of sends, so those limits are off (loopback is
+# exempt from the registration limit by default). A case that needs a limit starts a server
+# of its own.
+OWN_SERVER_FLAGS = ["--min-kdf-iterations", str(MIN_KDF_ITERATIONS), "--send-rate", "0",
+                    "--max-offline", "0"]
 # Registrations the `--addr` check tries: one more than the default --register-limit (5).
 REGISTRATION_PROBES = 6
 EVERYTHING = 2 ** 64 - 1
@@ -96,6 +97,22 @@ def expect_error(error_name, function, /, *args, **kwargs):
     raise CheckFailed("expected %s, got success %r" % (error_name, result))
 
 
+class PatientClient(Client):
+    """imclient's Client, but a LOGIN_START answered RETRY_LATER LOGIN_THROTTLED waits as
+    asked and is sent again. These cases fail logins on purpose, and a server with default
+    flags makes a source wait once it failed many lately (several runs in a row with --addr).
+    """
+
+    def request(self, opcode, /, timeout=None, **fields):
+        while True:
+            try:
+                return super().request(opcode, timeout=timeout, **fields)
+            except ServerError as error:
+                if opcode != Op.LOGIN_START or error.name != "LOGIN_THROTTLED":
+                    raise
+                time.sleep(error.retry_after_ms / 1000)
+
+
 class Env:
     """The server under test and the clients of the running case."""
 
@@ -120,7 +137,7 @@ class Env:
         return ("t%s_%d%s" % (self.tag, self.serial, label))[:32]
 
     def connect(self, hello=True):
-        client = Client(timeout=10.0).connect(self.host, self.port)
+        client = PatientClient(timeout=10.0).connect(self.host, self.port)
         self.clients.append(client)
         if hello:
             client.hello()
@@ -323,7 +340,7 @@ def _(env):
     # exactly its bytes, but for the server's name (and so the length).
     process, host, port = start_server(env.workdir, "defaults.db", flags=())
     try:
-        client = Client().connect(host, port)
+        client = PatientClient().connect(host, port)
         env.clients.append(client)
         frame = exchange(client)
         name = frame["server"].encode("utf-8")
@@ -1827,15 +1844,15 @@ def _(env):
         "--max-frame-before-login", "1024", "--max-body", "100", "--login-timeout", "7",
         "--min-kdf-iterations", "2000"])
     try:
-        first = Client().connect(host, port)
-        second = Client().connect(host, port)
+        first = PatientClient().connect(host, port)
+        second = PatientClient().connect(host, port)
         env.clients += [first, second]
         info = first.hello()
         eq((info["max_frame"], info["max_frame_before_login"], info["max_body"],
             info["idle_timeout_secs"], info["login_timeout_secs"], info["min_kdf_iterations"]),
            (8192, 1024, 100, 2, 7, 2000), "configured limits")
         second.ping()
-        third = Client().connect(host, port)
+        third = PatientClient().connect(host, port)
         env.clients.append(third)
         expect_close_with(third, "SERVER_FULL")
         # A frame over the before-login limit of this server.
@@ -1862,7 +1879,7 @@ def _(env):
     process, host, port = start_server(env.workdir, "idle.db", ["--idle-timeout", "2"])
     try:
         def login(name):
-            client = Client().connect(host, port)
+            client = PatientClient().connect(host, port)
             env.clients.append(client)
             client.hello()
             client.login(name, "pw", device=env.device(name))
@@ -1870,7 +1887,7 @@ def _(env):
             return client
 
         names = [env.new_name("i"), env.new_name("w")]
-        registrar = Client().connect(host, port)
+        registrar = PatientClient().connect(host, port)
         env.clients.append(registrar)
         registrar.hello()
         for name in names:
@@ -2038,7 +2055,7 @@ def preflight(host, port):
     change. Registers a few throwaway users: one more than the default --register-limit."""
     where = "%s:%d" % (host, port)
     try:
-        client = Client(timeout=10.0).connect(host, port)
+        client = PatientClient(timeout=10.0).connect(host, port)
     except OSError as error:
         return ("cannot connect to %s (%s): start im-server there (cargo run --release), or "
                 "pass its address with --addr HOST:PORT" % (where, error))
@@ -2062,8 +2079,9 @@ def preflight(host, port):
             except ServerError as error:
                 if error.name == "RATE_LIMITED":
                     return ("the server at %s limits registrations from this address (the "
-                            "cases register hundreds of users): restart it with "
-                            "--trust-loopback, or with --register-limit 0" % where)
+                            "cases register hundreds of users): run this script on the "
+                            "server's host without --limit-loopback on the server, or restart "
+                            "the server with --register-limit 0" % where)
                 return "registering a test user on %s failed: %s" % (where, error)
             except (OSError, ProtocolError) as error:
                 return "registering a test user on %s failed: %s" % (where, error)
