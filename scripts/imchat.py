@@ -918,10 +918,7 @@ class Chat:
             return
         self.client.abort()
         self.client = None
-        if self.closing_error is not None and self.closing_error.code == DEVICE_REMOVED:
-            self.closing_error = None
-            self.device_removed()
-            return
+        removed = self.closing_error is not None and self.closing_error.code == DEVICE_REMOVED
         if self.closing_error is not None:
             reason = explain(self.closing_error).rstrip(".")
             reason = reason[0].lower() + reason[1:]
@@ -934,6 +931,14 @@ class Chat:
         self.syncing = False
         self.ack_sent = 0
         self.backoff = BACKOFF_FIRST
+        if removed:
+            # Logging in again would quietly create this device anew: the person decides.
+            self.reconnect_at = None
+            self.error("This device was removed from your account on another device, so the "
+                       "server logged it out. /logout, then log in again to use it as a new "
+                       "device (it will not get what was sent meanwhile).")
+            self.update_prompt()
+            return
         self.reconnect_at = time.monotonic() + self.backoff
         waiting = ""
         if self.outbox:
@@ -942,17 +947,6 @@ class Chat:
                 "Your %d unsent messages" % len(self.outbox))
         self.error("Lost the connection to the server (%s); reconnecting in %d s.%s"
                    % (reason or "the server closed the connection", self.backoff, waiting))
-        self.update_prompt()
-
-    def device_removed(self):
-        """This device was removed on another one: logging in again would quietly create it
-        anew, so the person decides instead."""
-        self.pending.clear()
-        self.syncing = False
-        self.reconnect_at = None
-        self.error("This device was removed from your account on another device, so the "
-                   "server logged it out. /logout, then log in again to use it as a new "
-                   "device (it will not get what was sent meanwhile).")
         self.update_prompt()
 
     def reconnect(self):
