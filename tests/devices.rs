@@ -228,6 +228,24 @@ fn an_ack_on_one_device_does_not_affect_another() {
     assert_eq!(item_ids(&laptop_backlog), [id], "the laptop still gets it");
 }
 
+/// The peer's read position reaches a device that was away, as an item of its backlog.
+#[test]
+fn a_peers_read_receipt_waits_in_the_backlog() {
+    let server = TestServer::start();
+    let (mut alice, mut bob) = alice_and_bob(&server);
+    let (id, _) = bob.call(req::send("alice", 1, "read me later")).sent();
+    drop(bob);
+    assert_eq!(alice.push().deliver().message_id, id);
+    assert_eq!(alice.push(), presence_of("bob", false));
+    assert_eq!(alice.call(req::read("bob", id)), Message::Ok);
+    let (_, backlog) = server.login("bob");
+    assert!(
+        matches!(&backlog[..], [Message::ReadReceipt { reader, peer, up_to_message_id, .. }]
+            if reader == "alice" && peer == "bob" && *up_to_message_id == id),
+        "{backlog:?}"
+    );
+}
+
 /// A new device starts where the user's least advanced device is; the first at the account's
 /// start.
 #[test]
@@ -345,7 +363,7 @@ fn a_device_past_the_cap_gets_a_gap_and_fills_it_with_forward_history() {
     assert!(pushed.len() <= CAP && pushed.len() >= CAP - 2, "about the cap: {}", pushed.len());
     assert_eq!(pushed, sent[sent.len() - pushed.len()..], "the newest items");
     assert!(pushed[0] > up_to_message_id && after_message_id < sent[0]);
-    assert!(skipped as usize >= sent.len() - pushed.len(), "skipped {skipped}");
+    assert_eq!(skipped as usize, sent.len() - pushed.len(), "skipped");
 
     // Forward HISTORY from the gap's start, until past its end, gives exactly the rest.
     let mut filled = Vec::new();
@@ -457,6 +475,8 @@ fn conversations_gained_during_a_backlog_are_part_of_it() {
     assert!(received.iter().any(
         |m| matches!(m, Message::GroupEvent { event: group_event::JOINED, username, group_id, .. } if username == "bob" && *group_id == group)
     ));
-    assert!(received.iter().any(|m| matches!(m, Message::FriendEvent { event: 6, username, .. } if username == "carol")));
+    assert!(
+        received.iter().any(|m| matches!(m, Message::FriendEvent { event: 6, username, .. } if username == "carol"))
+    );
     phone.assert_quiet();
 }
