@@ -13,8 +13,10 @@ Then it checks, through the recipients and through the database:
 * every message whose `SENT` a sender received is stored, under the id `SENT` gave;
 * nothing is stored twice (retries are idempotent) and nothing is stored that no `SENT`
   acknowledged (the senders retry until every message is acknowledged);
-* each recipient's offline backlog holds each of its messages exactly once, and after its
-  `ACK` a new login gets none of them again;
+* each recipient's offline backlog holds each of its messages exactly once, in strictly
+  increasing id order, and after its `ACK` a new login of the same device gets none of them
+  again (every user logs in as one device of its own, kept for the whole run, as a real
+  client keeps its device id);
 * `PRAGMA integrity_check` is `ok`, on a copy taken right after a SIGKILL and at the end.
 
 Prints the counts (sent, acknowledged, found, lost, duplicated) and `N passed, N failed`
@@ -37,7 +39,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from imclient import (  # noqa: E402
-    AuthenticationError, Client, Op, ProtocolError, ServerError, derive_keys)
+    AuthenticationError, Client, Device, Op, ProtocolError, ServerError, derive_keys,
+    last_item_id)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # IM_SERVER_BIN overrides the binary (as in tests/scripts.rs); `--no-build` then skips cargo.
@@ -64,8 +67,9 @@ class ServerProcess:
         process = subprocess.Popen(
             [BINARY, "--listen", "127.0.0.1:0", "--db", self.db,
              "--min-kdf-iterations", str(ITERATIONS),
-             # Load from loopback: no registration, send-rate or offline-queue limits.
-             "--trust-loopback", "--send-rate", "0", "--max-offline", "0"],
+             # Load from loopback (exempt from the registration limit): no send-rate or
+             # offline-queue limits.
+             "--send-rate", "0", "--max-offline", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         line = process.stdout.readline().decode().strip()
         if not line.startswith("listening on "):
@@ -113,11 +117,12 @@ class Message:
 class Sender(threading.Thread):
     """Sends to its friends until told to stop; every message is retried until acknowledged."""
 
-    def __init__(self, server, name, keys, friends):
+    def __init__(self, server, name, keys, device, friends):
         super().__init__(name=name, daemon=True)
         self.server = server
         self.username = name
         self.keys = keys
+        self.device = device
         self.friends = friends
         self.messages = []        # every message this sender made, in order
         self.unacked = []         # those without SENT yet, oldest first
@@ -135,7 +140,7 @@ class Sender(threading.Thread):
                 try:
                     client.connect(*addr)
                     client.hello()
-                    client.login(self.username, keys=self.keys)
+                    client.login(self.username, keys=self.keys, device=self.device)
                     self.client = client
                     return
                 except (OSError, ServerError, ProtocolError, AuthenticationError, ValueError):
@@ -228,16 +233,20 @@ def copy_and_check_integrity(db, workdir):
 
 
 def setup_users(server, senders, recipients):
-    """Registers everyone and makes each sender a friend of each of its recipients."""
+    """Registers everyone and makes each sender a friend of each of its recipients.
+
+    Returns the keys (one password for all), each user's device, and each sender's friends.
+    """
     salt = bytes(range(16))
     keys = derive_keys(PASSWORD, salt, ITERATIONS)
+    devices = {name: Device.new("crash-test " + name) for name in senders + recipients}
     clients = {}
     for name in senders + recipients:
         c = Client(timeout=10.0).connect(*server.address())
         c.hello()
         c.request(Op.REGISTER, username=name, salt=salt, iterations=ITERATIONS,
                   stored_key=keys.stored_key, server_key=keys.server_key)
-        c.login(name, keys=keys)
+        c.login(name, keys=keys, device=devices[name])
         c.wait_sync()
         clients[name] = c
     friends = {}
@@ -248,18 +257,19 @@ def setup_users(server, senders, recipients):
             clients[recipient].friend_accept(sender)
     for c in clients.values():
         c.close()
-    return keys, friends
+    return keys, devices, friends
 
 
-def receive_backlog(server, name, keys):
-    """Logs in, returns the DELIVER pushes of the backlog, ACKs the newest, logs out."""
+def receive_backlog(server, name, keys, device):
+    """Logs in as `device`, returns the DELIVER pushes of the backlog, ACKs the newest item,
+    logs out."""
     c = Client(timeout=30.0).connect(*server.address())
     c.hello()
-    c.login(name, keys=keys)
+    c.login(name, keys=keys, device=device)
     backlog, _count = c.wait_sync(timeout=120.0)
     delivers = [f for f in backlog if f.opcode == Op.DELIVER]
     if backlog:
-        c.ack(max(f["message_id"] for f in backlog))
+        c.ack(last_item_id(backlog))
     c.logout()
     c.close()
     return delivers
@@ -292,9 +302,10 @@ def main():
         server.start()
         sender_names = ["sender%d" % i for i in range(args.senders)]
         recipient_names = ["recipient%d" % i for i in range(args.recipients)]
-        keys, friends = setup_users(server, sender_names, recipient_names)
+        keys, devices, friends = setup_users(server, sender_names, recipient_names)
 
-        senders = [Sender(server, name, keys, friends[name]) for name in sender_names]
+        senders = [Sender(server, name, keys, devices[name], friends[name])
+                   for name in sender_names]
         for s in senders:
             s.start()
         kills = 0
@@ -333,8 +344,13 @@ def main():
         # Through the recipients: each message exactly once, then never again after ACK.
         seen = {}
         wrong = []
+        unordered = []
         for name in recipient_names:
-            for frame in receive_backlog(server, name, keys):
+            backlog = receive_backlog(server, name, keys, devices[name])
+            ids = [frame["message_id"] for frame in backlog]
+            if any(x >= y for x, y in zip(ids, ids[1:])):
+                unordered.append(name)
+            for frame in backlog:
                 mid = frame["message_id"]
                 seen[mid] = seen.get(mid, 0) + 1
                 owner = acked.get(mid)
@@ -353,7 +369,10 @@ def main():
                      "%d twice, e.g. %s" % (len(delivered_twice), delivered_twice[:5]))
         checks.check(not wrong, "recipients got only acknowledged messages, as sent",
                      "; ".join(wrong[:5]))
-        again = sum(len(receive_backlog(server, name, keys)) for name in recipient_names)
+        checks.check(not unordered, "each backlog arrived in strictly increasing id order",
+                     "out of order for %s" % unordered)
+        again = sum(len(receive_backlog(server, name, keys, devices[name]))
+                    for name in recipient_names)
         checks.check(again == 0, "after ACK, a new login is pushed nothing again",
                      "%d redelivered" % again)
 

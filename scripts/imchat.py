@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """imchat: chat with friends on an im-server, in a terminal.
 
-    python3 scripts/imchat.py [--addr HOST:PORT] [--cache-keys PATH]
+    python3 scripts/imchat.py [--addr HOST:PORT] [--cache-keys PATH] [--device-file PATH]
 
 Standard library only, Python 3.9 or newer; built on `imclient.py` next to it. Asks whether to
 log in or register, then shows what arrives (messages, friend requests, presence, group
-events) above the line being typed, each with its time, conversation and sender. `/help`
-lists the commands; Tab completes commands and names.
+events, read receipts, and what you did on your other devices) above the line being typed,
+each with its time, conversation and sender. `/help` lists the commands; Tab completes
+commands and names.
+
+Each installation is one *device* of your account (PROTOCOL.md section 6): the server keeps
+what this device has seen, separately from your phone or another terminal. Its id and name
+live in a small file (`--device-file`, by default `~/.config/imchat/device.json`), created on
+first use; keep it, or the next run counts as a new device. `/devices` lists your devices and
+`/devices remove ID` forgets one.
 
 Layout of this file, in reading order:
 
@@ -17,7 +24,7 @@ Layout of this file, in reading order:
   commands, the outbox of unconfirmed messages (resent with the same client_msg_id after a
   reconnect, so the server's deduplication keeps them single), the offline backlog (shown,
   then acknowledged) and the reconnection with backoff;
-* the login and registration prompts, the key cache, and `main`.
+* the login and registration prompts, the key cache, the device file, and `main`.
 
 The password is never stored. The keys derived from it (password-equivalent) stay in memory
 for reconnecting, and go to a file only with `--cache-keys PATH` (mode 0600).
@@ -44,9 +51,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from imclient import (  # noqa: E402
     DEFAULT_ITERATIONS, FRIEND_ACCEPTED, FRIEND_ASKED, FRIEND_DECLINED, FRIEND_REMOVED,
-    GROUP_JOINED, GROUP_LEFT, KIND_DIRECT, LOBBY_GROUP_ID, AuthenticationError, Client,
-    ConnectionClosed, DerivedKeys, Op, ProtocolError, ServerError, auth_message, client_proof,
-    derive_keys, server_signature)
+    FRIEND_YOU_ACCEPTED, FRIEND_YOU_ASKED, FRIEND_YOU_DECLINED, FRIEND_YOU_REMOVED,
+    GROUP_JOINED, GROUP_LEFT, KIND_DIRECT, KIND_GROUP, LOBBY_GROUP_ID, MAX_DEVICE_NAME, OLDER,
+    AuthenticationError, Client, ConnectionClosed, DerivedKeys, Device, Op, ProtocolError,
+    ServerError, auth_message, client_proof, derive_keys, is_item, new_device_id,
+    server_signature)
 
 DEFAULT_ADDR = "127.0.0.1:7878"
 # Seconds to wait for the server while connecting and logging in.
@@ -113,7 +122,25 @@ SENTENCES = {
          "they have caught up."),
     29: ("You are logged in on too many devices at once; log out on one of them first.",),
     30: ("Logging in took too long, so the server hung up.",),
+    31: ("Your account already has as many devices as the server allows; on a device that is "
+         "logged in, /devices remove ID forgets one you no longer use.",),
+    32: ("Your account has no such device; /devices lists them.",),
+    33: ("A request took too long to arrive whole, so the server hung up.",),
+    34: ("Someone is in as many groups as the server allows.",
+         "{name} is in as many groups as the server allows (or you are)."),
+    35: ("That group is full.", "{group} is full."),
+    36: ("Too many friend requests are waiting for an answer.",
+         "Too many friend requests are waiting for an answer, from you or to {name}."),
+    37: ("Someone has as many friends as the server allows.",
+         "You or {name} already have as many friends as the server allows."),
+    38: ("Too many failed logins from here lately; please wait a moment.",
+         "Too many failed logins from here lately; please wait {wait}."),
 }
+
+# The server closes a connection with NO_SUCH_DEVICE when its device was removed elsewhere.
+DEVICE_REMOVED = 32
+# These, met when logging in again, will not clear by retrying.
+LOGIN_REFUSED = (13, 31)
 
 
 def explain(error, **context):
@@ -601,8 +628,9 @@ class NotConnected(Exception):
 
 
 COMMANDS = ["/add", "/accept", "/decline", "/remove", "/friends", "/msg", "/open", "/close",
-            "/history", "/read", "/group", "/g", "/help", "/logout", "/quit"]
+            "/history", "/read", "/group", "/g", "/devices", "/help", "/logout", "/quit"]
 GROUP_SUBCOMMANDS = ["create", "invite", "leave", "members", "list"]
+DEVICE_SUBCOMMANDS = ["remove"]
 
 HELP = """\
 Commands (Tab completes commands and names):
@@ -618,6 +646,9 @@ Commands (Tab completes commands and names):
   /group leave GROUP     leave a group             /group members [GROUP]     who is in it
   /group list            your groups (#lobby holds everyone)
   /g GROUP TEXT          send TEXT to a group
+  /devices               your devices (phones, terminals…), which are online, this one marked
+  /devices remove ID     forget a device (the first digits of its ID, or its name will do):
+                         it is logged out, and starts afresh if it logs in again
   /logout                log out and go back to the login prompt
   /quit                  leave (Ctrl-D does the same)
 Keys: arrows and Ctrl-A/E move, Up/Down recall lines, Ctrl-U/K/W delete, Ctrl-L clears."""
@@ -630,12 +661,13 @@ Keys: arrows and Ctrl-A/E move, Up/Down recall lines, Ctrl-U/K/W delete, Ctrl-L 
 class Chat:
     """One logged-in session in the terminal, across reconnections, until /logout or /quit."""
 
-    def __init__(self, editor, style, address, client, keys):
+    def __init__(self, editor, style, address, client, keys, device):
         self.editor = editor
         self.style = style
         self.host, self.port = address
         self.client = client
         self.keys = keys
+        self.device = device
         self.username = client.username
         self.max_body = client.hello_info["max_body"] if client.hello_info else 4096
         idle = client.hello_info["idle_timeout_secs"] if client.hello_info else 120
@@ -653,6 +685,8 @@ class Chat:
         self.groups_known = False
         self.sync_done = False
         self.backlog = []
+        self.sync_gap = None
+        self.device_names = {}  # device id -> name, from the latest /devices, for completion
         self.shown_ids = set()
         self.shown_order = []
         self.latest = {}  # Conversation key -> newest message id seen in it
@@ -674,9 +708,11 @@ class Chat:
     def say(self, text):
         self.editor.show(text)
 
-    def note(self, text):
-        """A line from the client itself (answers to commands, state changes)."""
-        self.say(self.style.dim(time.strftime("%H:%M")) + " " + self.style.event("* " + text))
+    def note(self, text, at_ms=None):
+        """A line from the client itself (answers to commands, state changes); `at_ms` is the
+        server's time of the event it reports, if any (else now)."""
+        stamp = time.strftime("%H:%M") if at_ms is None else clock(at_ms)
+        self.say(self.style.dim(stamp) + " " + self.style.event("* " + text))
 
     def error(self, text):
         self.say(self.style.dim(time.strftime("%H:%M")) + " " + self.style.error("! " + text))
@@ -860,10 +896,12 @@ class Chat:
             elif pending.on_answer is not None:
                 pending.on_answer(frame)
             return
+        if is_item(frame):
+            self.on_item(frame)
+            return
         handler = {
-            Op.DELIVER: self.on_item, Op.FRIEND_EVENT: self.on_item,
-            Op.PRESENCE: self.on_presence, Op.READ_RECEIPT: self.on_read_receipt,
-            Op.SYNC_DONE: self.on_sync_done, Op.GROUP_EVENT: self.on_group_event,
+            Op.PRESENCE: self.on_presence, Op.SYNC_GAP: self.on_sync_gap,
+            Op.SYNC_DONE: self.on_sync_done,
             Op.ERROR: self.on_unsolicited_error, Op.RETRY_LATER: self.on_unsolicited_error,
         }.get(frame.opcode)
         if handler is not None:
@@ -880,6 +918,7 @@ class Chat:
             return
         self.client.abort()
         self.client = None
+        removed = self.closing_error is not None and self.closing_error.code == DEVICE_REMOVED
         if self.closing_error is not None:
             reason = explain(self.closing_error).rstrip(".")
             reason = reason[0].lower() + reason[1:]
@@ -892,6 +931,14 @@ class Chat:
         self.syncing = False
         self.ack_sent = 0
         self.backoff = BACKOFF_FIRST
+        if removed:
+            # Logging in again would quietly create this device anew: the person decides.
+            self.reconnect_at = None
+            self.error("This device was removed from your account on another device, so the "
+                       "server logged it out. /logout, then log in again to use it as a new "
+                       "device (it will not get what was sent meanwhile).")
+            self.update_prompt()
+            return
         self.reconnect_at = time.monotonic() + self.backoff
         waiting = ""
         if self.outbox:
@@ -907,16 +954,16 @@ class Chat:
         try:
             client.connect(self.host, self.port)
             client.hello()
-            scram_login(client, self.username, keys=self.keys)
+            scram_login(client, self.username, self.device, keys=self.keys)
         except ServerError as error:
             client.close()
-            if error.code == 13:
+            if error.code in LOGIN_REFUSED:
                 self.reconnect_at = None
-                self.error("The server no longer accepts your login; use /logout and log in "
-                           "again.")
+                self.error("The server no longer accepts this login: %s Use /logout and log "
+                           "in again." % explain(error))
                 return
             reason = explain(error).rstrip(".")
-            self.retry_later(reason[0].lower() + reason[1:])
+            self.retry_later(reason[0].lower() + reason[1:], error.retry_after_ms)
             return
         except (OSError, ProtocolError, AuthenticationError, KeysMismatch) as error:
             client.close()
@@ -935,9 +982,12 @@ class Chat:
         except NotConnected:
             pass
 
-    def retry_later(self, reason):
+    def retry_later(self, reason, wait_ms=None):
+        """Try to reconnect after the backoff, or after `wait_ms` if the server asked for a
+        longer wait (RETRY_LATER)."""
         self.backoff = min(self.backoff * 2, BACKOFF_LAST)
         delay = self.backoff * (0.8 + 0.4 * secrets.randbelow(1000) / 1000)
+        delay = max(delay, (wait_ms or 0) / 1000)
         self.reconnect_at = time.monotonic() + delay
         self.error("Still cannot reach the server (%s); trying again in %d s."
                    % (reason, round(delay)))
@@ -946,6 +996,7 @@ class Chat:
         """Right after LOGIN_OK: learn friends and groups; the backlog follows as pushes."""
         self.syncing = True
         self.backlog = []
+        self.sync_gap = None
         self.groups_known = False
         self.sync_done = False
         self.request(Op.FRIEND_LIST, on_answer=lambda frame: self.on_friend_list(frame, first))
@@ -979,7 +1030,7 @@ class Chat:
             if self.sync_done:
                 self.finish_sync()
 
-    # -- items: messages and friend events --------------------------------------------------
+    # -- items: everything a device sees once, acknowledged after it is shown ---------------
 
     def on_item(self, frame):
         if self.syncing:
@@ -987,21 +1038,31 @@ class Chat:
             return
         self.show_item(frame)
 
-    def show_item(self, frame):
-        """Show a DELIVER or FRIEND_EVENT once, and mark it for acknowledgement."""
+    def show_item(self, frame, quiet=False):
+        """Show an item once (unless `quiet`), and mark it for acknowledgement."""
         message_id = frame["message_id"]
         self.ack_wanted = max(self.ack_wanted, message_id)
         if message_id in self.shown_ids:
             return
         self.remember_shown(message_id)
-        if frame.opcode == Op.FRIEND_EVENT:
-            self.show_friend_event(frame)
+        if quiet:
             return
+        show = {Op.DELIVER: self.show_message, Op.FRIEND_EVENT: self.show_friend_event,
+                Op.READ_RECEIPT: self.show_read_receipt,
+                Op.GROUP_EVENT: self.show_group_event}[frame.opcode]
+        show(frame)
+
+    def show_message(self, frame):
+        """A DELIVER: from a friend, to a group, or sent by me on another device."""
         conversation = self.conversation_of(frame)
-        self.latest[conversation.key] = max(self.latest.get(conversation.key, 0), message_id)
+        key = conversation.key
+        self.latest[key] = max(self.latest.get(key, 0), frame["message_id"])
         self.known_names.setdefault(frame["from"].lower(), frame["from"])
         self.say(self.format_message(frame["timestamp_ms"], conversation, frame["from"],
                                      frame["body"]))
+
+    def is_me(self, name):
+        return name.lower() == self.username.lower()
 
     def remember_shown(self, message_id):
         self.shown_ids.add(message_id)
@@ -1013,7 +1074,7 @@ class Chat:
 
     def conversation_of(self, frame):
         if frame["kind"] == KIND_DIRECT:
-            peer = frame["to"] if frame["from"].lower() == self.username.lower() else frame["from"]
+            peer = frame["to"] if self.is_me(frame["from"]) else frame["from"]
             return Conversation(peer=self.friend_name(peer))
         return Conversation(group_id=frame["group_id"])
 
@@ -1022,24 +1083,81 @@ class Chat:
         return entry[0] if entry else name
 
     def show_friend_event(self, frame):
+        """What someone did (events 1-4), or what I did on another device (5-8)."""
         name = frame["username"]
         key = name.lower()
         self.known_names[key] = name
         event = frame["event"]
+        at = frame["timestamp_ms"]
         if event == FRIEND_ASKED:
             self.incoming[key] = name
             self.note("%s wants to be your friend: /accept %s or /decline %s."
-                      % (name, name, name))
+                      % (name, name, name), at)
         elif event == FRIEND_ACCEPTED:
             self.outgoing.pop(key, None)
             self.friends.setdefault(key, [name, False])
-            self.note("%s accepted your friend request: /open %s to chat." % (name, name))
+            self.note("%s accepted your friend request: /open %s to chat." % (name, name), at)
         elif event == FRIEND_DECLINED:
             self.outgoing.pop(key, None)
-            self.note("%s declined your friend request." % name)
+            self.note("%s declined your friend request." % name, at)
         elif event == FRIEND_REMOVED:
             self.friends.pop(key, None)
-            self.note("%s removed you from their friends." % name)
+            self.note("%s removed you from their friends." % name, at)
+        elif event == FRIEND_YOU_ASKED:
+            self.outgoing[key] = name
+            self.note("On another device, you asked %s to be your friend." % name, at)
+        elif event == FRIEND_YOU_ACCEPTED:
+            self.incoming.pop(key, None)
+            self.outgoing.pop(key, None)
+            self.friends.setdefault(key, [name, False])
+            self.note("On another device, you and %s became friends: /open %s to chat."
+                      % (name, name), at)
+        elif event == FRIEND_YOU_DECLINED:
+            self.incoming.pop(key, None)
+            self.note("On another device, you declined %s's friend request." % name, at)
+        elif event == FRIEND_YOU_REMOVED:
+            self.friends.pop(key, None)
+            self.note("On another device, you removed %s from your friends." % name, at)
+
+    def show_read_receipt(self, frame):
+        """The peer read my messages, or I read theirs on another device."""
+        reader, peer = frame["reader"], frame["peer"]
+        if self.is_me(reader):
+            conversation = Conversation(peer=self.friend_name(peer))
+            text = "You read this conversation on another device."
+        else:
+            conversation = Conversation(peer=self.friend_name(reader))
+            text = "%s has read your messages." % reader
+        self.say(self.style.dim(clock(frame["timestamp_ms"])) + " " + self.label(conversation)
+                 + " " + self.style.dim(text))
+
+    def show_group_event(self, frame):
+        group_id, name = frame["group_id"], frame["username"]
+        self.groups.setdefault(group_id, frame["group_name"])
+        label = self.plain_label(Conversation(group_id=group_id))
+        at = frame["timestamp_ms"]
+        if frame["event"] == GROUP_JOINED:
+            self.groups[group_id] = frame["group_name"]
+            if self.is_me(name):
+                self.note("You are now a member of %s: /open %s to talk there."
+                          % (label, label), at)
+            else:
+                self.known_names.setdefault(name.lower(), name)
+                self.note("%s joined %s." % (name, label), at)
+        elif frame["event"] == GROUP_LEFT:
+            if self.is_me(name):
+                # The device that left had its answer; this is another one of mine.
+                self.note("On another device, you left %s." % label, at)
+                self.groups.pop(group_id, None)
+                if self.current is not None and self.current.group_id == group_id:
+                    self.current = None
+                    self.update_prompt()
+            else:
+                self.note("%s left %s." % (name, label), at)
+
+    def on_sync_gap(self, frame):
+        """The server skipped the oldest part of this device's backlog; shown first."""
+        self.sync_gap = frame
 
     def on_sync_done(self, _frame):
         """The offline backlog is complete; it is shown once the group names are known too
@@ -1051,14 +1169,33 @@ class Chat:
     def finish_sync(self):
         """Summarise the backlog, show it, then acknowledge it and send what waits."""
         self.syncing = False
+        if self.sync_gap is not None:
+            skipped = self.sync_gap["skipped"]
+            self.note("You were away a long time: %s not shown here; /history [N] in a "
+                      "conversation reads them." % (
+                          "1 older message is" if skipped == 1 else
+                          "about %d older messages are" % skipped))
+            self.sync_gap = None
         fresh = [item for item in self.backlog if item["message_id"] not in self.shown_ids]
         messages = [item for item in fresh if item.opcode == Op.DELIVER]
         if messages:
             self.note("While you were away: %s." % self.summarise(messages))
         elif self.reconnects == 0:
             self.note("No new messages.")
+        # Only the newest receipt of each conversation is worth a line.
+        newest_receipt = {}
+        for item in fresh:
+            if item.opcode == Op.READ_RECEIPT:
+                newest_receipt[(item["reader"].lower(), item["peer"].lower())] = item
         for item in self.backlog:
-            self.show_item(item)
+            stale = (item.opcode == Op.READ_RECEIPT and newest_receipt.get(
+                (item["reader"].lower(), item["peer"].lower())) is not item)
+            self.show_item(item, quiet=stale)
+        if any(item.opcode in (Op.FRIEND_EVENT, Op.GROUP_EVENT) for item in fresh):
+            # Old events replayed may disagree with the lists fetched at login: ask again.
+            self.request(Op.FRIEND_LIST, on_answer=lambda frame: self.on_friend_list(
+                frame, announce=False))
+            self.request(Op.GROUP_LIST, on_answer=self.on_group_list)
         self.backlog = []
         self.flush_ack()
         for entry in self.outbox:
@@ -1071,9 +1208,14 @@ class Chat:
                 return
 
     def summarise(self, messages):
-        """ "3 new messages from bob and 2 new messages from carol in #team" """
+        """ "3 new messages from bob and 2 new messages from carol in #team, and 1 you sent
+        from another device" """
         counts, senders, order = {}, {}, []
+        mine = 0
         for item in messages:
+            if self.is_me(item["from"]):
+                mine += 1
+                continue
             conversation = self.conversation_of(item)
             if conversation not in counts:
                 order.append(conversation)
@@ -1089,10 +1231,12 @@ class Chat:
             if conversation.group_id is not None:
                 text += " in " + self.plain_label(conversation)
             parts.append(text)
+        if mine:
+            parts.append("%s you sent from another device" % plural(mine, "message"))
         return and_list(parts)
 
     def flush_ack(self):
-        """ACK what has been shown, once per pass of the loop."""
+        """ACK the highest item id shown (never a SENT's id), once per pass of the loop."""
         if self.client is None or self.syncing or self.ack_wanted <= self.ack_sent:
             return
         self.ack_sent = self.ack_wanted
@@ -1113,34 +1257,6 @@ class Chat:
             return
         entry[1] = online
         self.note("%s is %s." % (name, "online" if online else "offline"))
-
-    def on_read_receipt(self, frame):
-        conversation = Conversation(peer=self.friend_name(frame["username"]))
-        self.say(self.style.dim(time.strftime("%H:%M")) + " " + self.label(conversation) + " "
-                 + self.style.dim("%s has read your messages." % frame["username"]))
-
-    def on_group_event(self, frame):
-        group_id, name = frame["group_id"], frame["username"]
-        self.groups.setdefault(group_id, frame["group_name"])
-        label = self.plain_label(Conversation(group_id=group_id))
-        mine = name.lower() == self.username.lower()
-        if frame["event"] == GROUP_JOINED:
-            self.groups[group_id] = frame["group_name"]
-            if mine:
-                self.note("You are now a member of %s: /open %s to talk there."
-                          % (label, label))
-            else:
-                self.known_names.setdefault(name.lower(), name)
-                self.note("%s joined %s." % (name, label))
-        elif frame["event"] == GROUP_LEFT:
-            if mine:
-                self.note("You left %s." % label)
-                self.groups.pop(group_id, None)
-                if self.current is not None and self.current.group_id == group_id:
-                    self.current = None
-                    self.update_prompt()
-            else:
-                self.note("%s left %s." % (name, label))
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -1221,6 +1337,7 @@ class Chat:
             "/open": self.command_open, "/close": self.command_close,
             "/history": self.command_history, "/read": self.command_read,
             "/group": self.command_group, "/g": self.command_group_send,
+            "/devices": self.command_devices,
             "/help": self.command_help, "/logout": self.command_logout,
             "/quit": self.command_quit, "/exit": self.command_quit,
         }.get(command.lower())
@@ -1401,22 +1518,21 @@ class Chat:
         self.fetch_history(self.current, count, 0, [])
 
     def fetch_history(self, conversation, wanted, before, collected):
+        """The `wanted` newest messages below `before` (0: the newest), page by page."""
         def answered(frame):
             collected.extend(frame["messages"])
-            if len(collected) < wanted and frame["next_before"]:
-                self.fetch_history(conversation, wanted, frame["next_before"], collected)
+            if len(collected) < wanted and frame["next"]:
+                self.fetch_history(conversation, wanted, frame["next"], collected)
                 return
             self.show_history(conversation, collected[:wanted])
 
         context = {"name": conversation.peer, "group": self.plain_label(conversation)}
         limit = min(wanted - len(collected), HISTORY_PAGE_LIMIT)
-        if conversation.peer is not None:
-            self.request(Op.HISTORY, answered, context=context, kind=0,
-                         peer=conversation.peer, before_message_id=before, limit=limit)
-        else:
-            self.request(Op.HISTORY, answered, context=context, kind=1,
-                         group_id=conversation.group_id, before_message_id=before,
-                         limit=limit)
+        target = ({"kind": KIND_DIRECT, "peer": conversation.peer}
+                  if conversation.peer is not None else
+                  {"kind": KIND_GROUP, "group_id": conversation.group_id})
+        self.request(Op.HISTORY, answered, context=context, direction=OLDER,
+                     from_message_id=before, limit=limit, **target)
 
     def show_history(self, conversation, messages):
         label = self.plain_label(conversation)
@@ -1496,8 +1612,13 @@ class Chat:
                 self.error(SENTENCES[10][1].format(name=name))
             return
         label = self.plain_label(Conversation(group_id=group_id))
-        # Success shows as the GROUP_EVENT "NAME joined GROUP", pushed to every member.
-        self.request(Op.GROUP_INVITE, context={"name": name, "group": label},
+        name = self.friend_name(name)
+
+        def answered(_):
+            # The other members (and my other devices) get a GROUP_EVENT; this device, which
+            # asked, has only this answer.
+            self.note("You added %s to %s." % (name, label))
+        self.request(Op.GROUP_INVITE, answered, context={"name": name, "group": label},
                      group_id=group_id, username=name)
 
     def group_leave(self, group):
@@ -1508,7 +1629,14 @@ class Chat:
             self.error("Everyone is in #lobby; it cannot be left.")
             return
         label = self.plain_label(Conversation(group_id=group_id))
-        self.request(Op.GROUP_LEAVE, context={"group": label}, group_id=group_id)
+
+        def answered(_):
+            self.note("You left %s." % label)
+            self.groups.pop(group_id, None)
+            if self.current is not None and self.current.group_id == group_id:
+                self.current = None
+                self.update_prompt()
+        self.request(Op.GROUP_LEAVE, answered, context={"group": label}, group_id=group_id)
 
     def group_members(self, group):
         if group is None:
@@ -1542,6 +1670,63 @@ class Chat:
                 "#" + clean(group["name"]), plural(group["members"], "member"), owner,
                 group["group_id"]))
         self.say("\n".join(lines))
+
+    def command_devices(self, rest):
+        words = rest.split(None, 1)
+        if not words:
+            self.request(Op.DEVICE_LIST, self.show_devices)
+        elif words[0].lower() == "remove" and len(words) == 2:
+            # Resolved against a fresh list, so that what the person saw last is not stale.
+            wanted = words[1].strip()
+            self.request(Op.DEVICE_LIST, lambda frame: self.remove_device(frame, wanted))
+        else:
+            self.error("Usage: /devices, or /devices remove ID")
+
+    def show_devices(self, frame):
+        devices = frame["devices"]
+        self.device_names = {d["device_id"]: d["name"] for d in devices}
+        lines = ["Your devices, most recently seen first:"]
+        for device in devices:
+            if device["current"]:
+                state = self.style.me("this device")
+            elif device["online"]:
+                state = self.style.me("online")
+            else:
+                state = self.style.dim("last seen " + clock(device["last_seen_ms"],
+                                                            with_date=True))
+            lines.append("  %-20d  %-24s %s" % (device["device_id"], clean(device["name"]),
+                                                 state))
+        lines.append(self.style.dim("/devices remove ID forgets one (the first digits of its "
+                                    "ID will do)."))
+        self.say("\n".join(lines))
+
+    def remove_device(self, frame, wanted):
+        """DEVICE_REMOVE of the device `wanted` names: its id, the start of it, or its name."""
+        devices = frame["devices"]
+        self.device_names = {d["device_id"]: d["name"] for d in devices}
+        matches = [d for d in devices if str(d["device_id"]) == wanted]
+        if not matches:
+            matches = [d for d in devices if str(d["device_id"]).startswith(wanted)
+                       or d["name"].lower() == wanted.lower()]
+        if not matches:
+            self.error("None of your devices has the ID or name %s; /devices lists them."
+                       % clean(wanted))
+            return
+        if len(matches) > 1:
+            self.error("%s fits %d devices; type more of the ID." % (clean(wanted),
+                                                                    len(matches)))
+            return
+        device = matches[0]
+        if device["current"]:
+            self.error("That is this device; /logout instead to leave it.")
+            return
+        name = clean(device["name"])
+
+        def answered(_):
+            self.device_names.pop(device["device_id"], None)
+            self.note("Removed the device %s: it is logged out, and if it logs in again it "
+                      "starts afresh, as a new device." % name)
+        self.request(Op.DEVICE_REMOVE, answered, device_id=device["device_id"])
 
     def command_logout(self, _):
         if self.outbox and not self.quit_warned:
@@ -1602,6 +1787,10 @@ class Chat:
             names = groups
         elif command == "/group" and position == 3 and words[1].lower() == "invite":
             names = friends + list(self.known_names.values())
+        elif command == "/devices" and position == 1:
+            names = DEVICE_SUBCOMMANDS
+        elif command == "/devices" and position == 2 and words[1].lower() == "remove":
+            names = [str(device_id) for device_id in self.device_names]
         else:
             names = []
         return self.match(names, word)
@@ -1631,8 +1820,9 @@ class KeysMismatch(Exception):
         super().__init__("the saved key does not fit this account")
 
 
-def scram_login(client, username, keys=None, password=None, on_derive=None):
-    """LOGIN_START and LOGIN_FINISH with SCRAM-SHA-256; returns the keys that worked.
+def scram_login(client, username, device, keys=None, password=None, on_derive=None):
+    """LOGIN_START and LOGIN_FINISH with SCRAM-SHA-256 as `device`; returns the keys that
+    worked.
 
     Uses `keys` when they fit the challenge, else derives them from `password` (calling
     `on_derive()` first, since that takes a moment). Checks the server's signature.
@@ -1650,13 +1840,14 @@ def scram_login(client, username, keys=None, password=None, on_derive=None):
     if not nonce.startswith(client_nonce) or len(nonce) <= len(client_nonce):
         raise AuthenticationError("the server's answer does not match this login")
     message = auth_message(username, client_nonce, salt, iterations, nonce)
-    ok = client.login_finish(client_proof(keys, message))
+    ok = client.login_finish(client_proof(keys, message), device)
     if not secrets.compare_digest(ok["server_signature"], server_signature(keys, message)):
         client.close()
         raise AuthenticationError("the server could not prove it holds your account: "
                                   "this may not be the server you think it is")
     client.username = ok["username"]
     client.keys = keys
+    client.device = device
     return keys
 
 
@@ -1697,6 +1888,61 @@ def save_cached_keys(path, username, keys):
           "in as you." % path)
 
 
+def default_device_file():
+    """~/.config/imchat/device.json, or under $XDG_CONFIG_HOME when it is set."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "imchat", "device.json")
+
+
+def default_device_name():
+    return ("imchat on %s" % (socket.gethostname() or "this computer"))[:MAX_DEVICE_NAME]
+
+
+def valid_device_name(name):
+    return 1 <= len(name) <= MAX_DEVICE_NAME
+
+
+def load_device(path, name=None):
+    """This installation's Device from `path`, created there on first use.
+
+    `name` (from --device-name) renames it. When the file cannot be written the device lives
+    for this run only, and the person is told that the next run will be a new device.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        device = Device(int(data["device_id"]), str(data["device_name"]))
+        if not 0 < device.device_id < 2 ** 64 or not valid_device_name(device.name):
+            raise ValueError("out of range")
+    except FileNotFoundError:
+        device = Device(new_device_id(), name or default_device_name())
+    except (OSError, ValueError, KeyError, TypeError):
+        # Not overwritten: it may be a file the person keeps for another reason.
+        print("The device file %s cannot be read; this run is a new device that is not "
+              "saved (use --device-file PATH for another file)." % path)
+        return Device(new_device_id(), name or default_device_name())
+    else:
+        if name is None or name == device.name:
+            return device
+        device = Device(device.device_id, name)
+    save_device(path, device)
+    return device
+
+
+def save_device(path, device):
+    data = json.dumps({"device_id": device.device_id, "device_name": device.name})
+    temporary = "%s.tmp%d" % (path, os.getpid())
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data + "\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        print("Could not save this device to %s (%s); the next run will count as a new "
+              "device." % (path, describe_os_error(error)))
+
+
 def read_line_unbuffered(prompt):
     """A line from standard input read byte by byte, for when it is not a terminal: input()
     would read ahead into a buffer that the chat's select loop cannot see."""
@@ -1734,16 +1980,28 @@ def ask_password(prompt):
 
 
 class Connector:
-    """Opens a connection and greets the server; explains failures as sentences."""
+    """Opens a connection and greets the server; explains failures as sentences.
+
+    It is opened only once everything the person types for a login is in: the server closes
+    a connection that is not logged in within HELLO_OK's `login_timeout_secs`.
+    """
 
     def __init__(self, host, port):
         self.host, self.port = host, port
+        self.hello_info = None
 
     def open(self):
         client = Client(timeout=CONNECT_TIMEOUT)
         client.connect(self.host, self.port)
         client.hello()
+        self.hello_info = client.hello_info
         return client
+
+    def kdf_iterations(self, requested):
+        """`requested`, raised to the minimum the server announced (REGISTER refuses fewer)."""
+        if self.hello_info is None:
+            return requested
+        return max(requested, self.hello_info["min_kdf_iterations"])
 
     def probe(self):
         """Check that the server answers; returns its name, or None after saying why not."""
@@ -1772,7 +2030,7 @@ def login_prompt(connector, options):
         if answer is None:
             return None
         if answer.strip().lower() in ("", "y", "yes"):
-            result = attempt_login(connector, username, keys=keys)
+            result = attempt_login(connector, username, options.device, keys=keys)
             if result is not None:
                 return result
     while True:
@@ -1795,8 +2053,9 @@ def print_deriving():
     print("deriving key\u2026 ", end="", flush=True)
 
 
-def attempt_login(connector, username, keys=None, password=None):
-    """One login; returns (client, keys) or None after explaining what went wrong."""
+def attempt_login(connector, username, device, keys=None, password=None):
+    """One login as `device`; returns (client, keys) or None after explaining what went
+    wrong."""
     try:
         client = connector.open()
     except (OSError, ProtocolError) as error:
@@ -1808,7 +2067,8 @@ def attempt_login(connector, username, keys=None, password=None):
         print_deriving()
         derived.append(True)
     try:
-        keys = scram_login(client, username, keys=keys, password=password, on_derive=on_derive)
+        keys = scram_login(client, username, device, keys=keys, password=password,
+                           on_derive=on_derive)
     except ServerError as error:
         if derived:
             print()
@@ -1841,7 +2101,7 @@ def login_interactively(connector, options):
     password = ask_password("Password: ")
     if not password:
         return None
-    result = attempt_login(connector, username, password=password)
+    result = attempt_login(connector, username, options.device, password=password)
     if result is not None and options.cache_keys:
         save_cached_keys(options.cache_keys, result[0].username, result[1])
     return result
@@ -1864,7 +2124,8 @@ def register_interactively(connector, options):
         print("The two passwords differ; let us start again.")
         return None
     print_deriving()
-    keys = derive_keys(password, secrets.token_bytes(16), options.kdf_iterations)
+    keys = derive_keys(password, secrets.token_bytes(16),
+                       connector.kdf_iterations(options.kdf_iterations))
     print("done.")
     while True:
         client = None
@@ -1889,7 +2150,7 @@ def register_interactively(connector, options):
             return None
     print("Registered %s." % username)
     try:
-        scram_login(client, username, keys=keys)
+        scram_login(client, username, options.device, keys=keys)
     except ServerError as error:
         client.close()
         print(explain(error, name=username))
@@ -1923,6 +2184,15 @@ def parse_args(argv):
                         help="keep the key derived from your password in this file (mode "
                              "0600), so later logins skip the password; anyone who can read "
                              "the file can log in as you")
+    parser.add_argument("--device-file", metavar="PATH", default=default_device_file(),
+                        help="this installation's device id and name, created on first use "
+                             "(default %(default)s). The server keeps what each device has "
+                             "seen: keep this file (without it every run is a new device), "
+                             "and give each installation its own")
+    parser.add_argument("--device-name", metavar="NAME",
+                        help="what /devices calls this device (1 to %d characters; default "
+                             "\"imchat on HOSTNAME\"), saved in the device file"
+                             % MAX_DEVICE_NAME)
     # For tests: registering with fewer PBKDF2 rounds (the server must allow it).
     parser.add_argument("--kdf-iterations", type=int, help=argparse.SUPPRESS,
                         default=int(os.environ.get("IMCHAT_KDF_ITERATIONS",
@@ -1932,6 +2202,9 @@ def parse_args(argv):
 
 def main(argv=None):
     options = parse_args(sys.argv[1:] if argv is None else argv)
+    if options.device_name is not None and not valid_device_name(options.device_name):
+        print("A device name has 1 to %d characters." % MAX_DEVICE_NAME)
+        return 2
     host, port = options.addr
     connector = Connector(host, port)
     color = (os.isatty(1) and "NO_COLOR" not in os.environ
@@ -1945,6 +2218,7 @@ def main(argv=None):
     if server is None:
         return 1
     print("imchat: connected to %s at %s:%d." % (server, host, port))
+    options.device = load_device(options.device_file, options.device_name)
     try:
         while True:
             session = login_prompt(connector, options)
@@ -1952,7 +2226,7 @@ def main(argv=None):
                 break
             client, keys = session
             print("Hello %s! /help lists the commands; Tab completes them." % client.username)
-            chat = Chat(editor, style, (host, port), client, keys)
+            chat = Chat(editor, style, (host, port), client, keys, options.device)
             if chat.run() == "quit":
                 break
     except KeyboardInterrupt:

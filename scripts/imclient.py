@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A client for im-server's wire protocol (PROTOCOL.md, version 1).
+"""A client for im-server's wire protocol (PROTOCOL.md, version 2).
 
 Standard library only, Python 3.9 or newer. Import it, or run it as a script to check its
 encoders against the byte examples of PROTOCOL.md section 7 and its SCRAM math against the
@@ -13,6 +13,8 @@ Layout of this file, in reading order:
 * encoding and decoding: ``encode_body``/``decode_body`` walk a schema, ``encode_frame`` and
   ``decode_frame`` add the frame header, ``split_frame`` cuts one frame off a byte buffer;
 * SCRAM-SHA-256: ``derive_keys``, ``auth_message``, ``client_proof``, ``server_signature``;
+* devices: ``Device`` and ``new_device_id`` (a login speaks for one device, which has its own
+  delivery position on the server; the caller keeps the id from one run to the next);
 * ``Client``: one TCP connection; requests are matched to responses by request id, pushes
   (and unsolicited errors, request id 0) wait in a queue until asked for.
 
@@ -28,7 +30,9 @@ import sys
 import time
 from collections import deque
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# The PBKDF2 iteration count this client registers with unless asked for another (OWASP's
+# figure); never below the server's `min_kdf_iterations` from HELLO_OK.
 DEFAULT_ITERATIONS = 600_000
 DEFAULT_TIMEOUT = 10.0
 # A frame from the server larger than this is treated as a protocol error by the client.
@@ -66,6 +70,8 @@ class Op:
     GROUP_MEMBERS = 0x33
     GROUP_LIST = 0x34
     GROUP_SEND = 0x35
+    DEVICE_LIST = 0x40
+    DEVICE_REMOVE = 0x41
     # Responses.
     OK = 0x80
     HELLO_OK = 0x81
@@ -81,6 +87,7 @@ class Op:
     GROUP_MEMBERS_RESULT = 0x8B
     GROUP_LIST_RESULT = 0x8C
     RETRY_LATER = 0x8D
+    DEVICE_LIST_RESULT = 0x8E
     # Pushes.
     DELIVER = 0xC0
     FRIEND_EVENT = 0xC1
@@ -88,6 +95,7 @@ class Op:
     READ_RECEIPT = 0xC3
     SYNC_DONE = 0xC4
     GROUP_EVENT = 0xC5
+    SYNC_GAP = 0xC6
 
 
 OPCODES = {name: value for name, value in vars(Op).items() if name.isupper()}
@@ -124,6 +132,8 @@ ERROR_NAMES = {
     28: "RECIPIENT_QUEUE_FULL",
     29: "TOO_MANY_SESSIONS",
     30: "LOGIN_TIMEOUT",
+    31: "TOO_MANY_DEVICES",
+    32: "NO_SUCH_DEVICE",
     33: "FRAME_TIMEOUT",
     34: "TOO_MANY_GROUPS",
     35: "GROUP_FULL",
@@ -131,14 +141,20 @@ ERROR_NAMES = {
     37: "TOO_MANY_FRIENDS",
     38: "LOGIN_THROTTLED",
 }
+# Codes newer than this table (a newer server) still decode: ServerError names them
+# "ERROR_<code>" and keeps the server's message, so callers can act on the number.
 ERROR_CODES = {name: code for code, name in ERROR_NAMES.items()}
 
-# FRIEND_EVENT event values.
+# FRIEND_EVENT event values: what another user did to you (1-4)...
 FRIEND_ASKED, FRIEND_ACCEPTED, FRIEND_DECLINED, FRIEND_REMOVED = 1, 2, 3, 4
+# ... and what you did on another device of yours (5-8), to `username`.
+FRIEND_YOU_ASKED, FRIEND_YOU_ACCEPTED, FRIEND_YOU_DECLINED, FRIEND_YOU_REMOVED = 5, 6, 7, 8
 # GROUP_EVENT event values.
 GROUP_JOINED, GROUP_LEFT = 1, 2
 # DELIVER and HISTORY kinds.
 KIND_DIRECT, KIND_GROUP = 0, 1
+# HISTORY directions: ids below `from_message_id` newest first, or above it oldest first.
+OLDER, NEWER = 0, 1
 
 U8, U16, U32, U64, STR, BYTES = "u8", "u16", "u32", "u64", "str", "bytes"
 _INTS = {U8: struct.Struct(">B"), U16: struct.Struct(">H"), U32: struct.Struct(">I"),
@@ -171,7 +187,7 @@ SCHEMAS = {
     Op.REGISTER: [("username", STR), ("salt", BYTES), ("iterations", U32),
                   ("stored_key", BYTES), ("server_key", BYTES)],
     Op.LOGIN_START: [("username", STR), ("client_nonce", BYTES)],
-    Op.LOGIN_FINISH: [("client_proof", BYTES)],
+    Op.LOGIN_FINISH: [("client_proof", BYTES), ("device_id", U64), ("device_name", STR)],
     Op.LOGOUT: [],
     Op.FRIEND_REQUEST: [("username", STR)],
     Op.FRIEND_ACCEPT: [("username", STR)],
@@ -180,7 +196,8 @@ SCHEMAS = {
     Op.FRIEND_LIST: [],
     Op.SEND: [("to", STR), ("client_msg_id", U64), ("body", STR)],
     Op.ACK: [("up_to_message_id", U64)],
-    Op.HISTORY: [("kind", U8), _TARGET, ("before_message_id", U64), ("limit", U16)],
+    Op.HISTORY: [("kind", U8), _TARGET, ("direction", U8), ("from_message_id", U64),
+                 ("limit", U16)],
     Op.READ: [("peer", STR), ("up_to_message_id", U64)],
     Op.GROUP_CREATE: [("name", STR)],
     Op.GROUP_INVITE: [("group_id", U64), ("username", STR)],
@@ -188,11 +205,14 @@ SCHEMAS = {
     Op.GROUP_MEMBERS: [("group_id", U64)],
     Op.GROUP_LIST: [],
     Op.GROUP_SEND: [("group_id", U64), ("client_msg_id", U64), ("body", STR)],
+    Op.DEVICE_LIST: [],
+    Op.DEVICE_REMOVE: [("device_id", U64)],
 
     Op.OK: [],
     Op.HELLO_OK: [("version", U16), ("server", STR), ("max_frame", U32),
                   ("max_frame_before_login", U32), ("max_body", U32),
-                  ("idle_timeout_secs", U32)],
+                  ("idle_timeout_secs", U32), ("login_timeout_secs", U32),
+                  ("min_kdf_iterations", U32)],
     Op.PONG: [],
     Op.ERROR: [("code", U16), ("message", STR)],
     Op.RETRY_LATER: [("code", U16), ("retry_after_ms", U32), ("message", STR)],
@@ -205,23 +225,45 @@ SCHEMAS = {
     Op.SENT: [("message_id", U64), ("timestamp_ms", U64)],
     Op.HISTORY_PAGE: [("messages", ListOf(U16, [("message_id", U64), ("timestamp_ms", U64),
                                                  ("sender", STR), ("body", STR)])),
-                      ("next_before", U64)],
+                      ("next", U64)],
     Op.GROUP_CREATED: [("group_id", U64)],
     Op.GROUP_MEMBERS_RESULT: [("group_id", U64),
                               ("members", ListOf(U32, [("username", STR), ("online", U8),
                                                        ("owner", U8)]))],
     Op.GROUP_LIST_RESULT: [("groups", ListOf(U16, [("group_id", U64), ("name", STR),
                                                    ("owner", STR), ("members", U32)]))],
+    Op.DEVICE_LIST_RESULT: [("devices", ListOf(U16, [("device_id", U64), ("name", STR),
+                                                     ("last_seen_ms", U64), ("online", U8),
+                                                     ("current", U8)]))],
 
     Op.DELIVER: [("message_id", U64), ("timestamp_ms", U64), ("from", STR), ("kind", U8),
                  _DELIVER_TO, ("body", STR)],
     Op.FRIEND_EVENT: [("message_id", U64), ("timestamp_ms", U64), ("event", U8),
                       ("username", STR)],
     Op.PRESENCE: [("username", STR), ("online", U8)],
-    Op.READ_RECEIPT: [("username", STR), ("up_to_message_id", U64)],
+    Op.READ_RECEIPT: [("message_id", U64), ("timestamp_ms", U64), ("reader", STR),
+                      ("peer", STR), ("up_to_message_id", U64)],
     Op.SYNC_DONE: [("count", U32)],
-    Op.GROUP_EVENT: [("group_id", U64), ("event", U8), ("username", STR), ("group_name", STR)],
+    Op.GROUP_EVENT: [("message_id", U64), ("timestamp_ms", U64), ("group_id", U64),
+                     ("event", U8), ("username", STR), ("group_name", STR)],
+    Op.SYNC_GAP: [("after_message_id", U64), ("up_to_message_id", U64), ("skipped", U32)],
 }
+
+# The pushes that are items (PROTOCOL.md section 6, "Devices and delivery"): each has a
+# `message_id`, arrives on a connection in strictly increasing id order, and stays past the
+# device's position until that device ACKs it. PRESENCE, SYNC_DONE and SYNC_GAP are not items.
+ITEM_OPCODES = frozenset((Op.DELIVER, Op.FRIEND_EVENT, Op.READ_RECEIPT, Op.GROUP_EVENT))
+
+
+def is_item(frame):
+    """True for a push that is an item, which a device acknowledges with ACK."""
+    return frame.opcode in ITEM_OPCODES and frame.request_id == 0
+
+
+def last_item_id(frames):
+    """The highest `message_id` among the items in `frames` (0 if none): what to ACK once
+    they are processed. Never pass a SENT here: ACK covers items received, not sent."""
+    return max((frame["message_id"] for frame in frames if is_item(frame)), default=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +284,7 @@ class ServerError(Exception):
         self.code = code
         # Set for RETRY_LATER answers: the request may be repeated after this many ms.
         self.retry_after_ms = retry_after_ms
-        self.name = ERROR_NAMES.get(code, "UNKNOWN_ERROR_%d" % code)
+        self.name = ERROR_NAMES.get(code, "ERROR_%d" % code)
         self.message = message
         self.request_id = request_id
         super().__init__("%s (%d): %s" % (self.name, code, message))
@@ -538,6 +580,49 @@ RFC7677_AUTH_MESSAGE = (
 
 
 # ---------------------------------------------------------------------------------------------
+# Devices (PROTOCOL.md section 6, "Devices and delivery")
+# ---------------------------------------------------------------------------------------------
+
+MAX_DEVICE_NAME = 64
+
+
+def new_device_id():
+    """A fresh device id: a random nonzero u64, drawn once per installation and then kept,
+    so that the next login of this installation continues from its delivery position."""
+    while True:
+        device_id = secrets.randbits(64)
+        if device_id:
+            return device_id
+
+
+class Device:
+    """The device a login speaks for: `device_id` (nonzero u64) and `name` (1-64 characters,
+    shown in DEVICE_LIST). Keep it from one run to the next: a new id is a new device, which
+    starts from the oldest position of the user's other devices and counts toward
+    `--max-devices`."""
+
+    __slots__ = ("device_id", "name")
+
+    def __init__(self, device_id, name):
+        self.device_id = device_id
+        self.name = name
+
+    @classmethod
+    def new(cls, name):
+        return cls(new_device_id(), name)
+
+    def __eq__(self, other):
+        return (isinstance(other, Device) and self.device_id == other.device_id
+                and self.name == other.name)
+
+    def __hash__(self):
+        return hash((self.device_id, self.name))
+
+    def __repr__(self):
+        return "Device(%d, %r)" % (self.device_id, self.name)
+
+
+# ---------------------------------------------------------------------------------------------
 # The client
 # ---------------------------------------------------------------------------------------------
 
@@ -564,6 +649,9 @@ class Client:
         self.hello_info = None
         self.username = None
         self.keys = None
+        self.device = None
+        # The SYNC_GAP of the latest login, if the server skipped part of the backlog.
+        self.sync_gap = None
         self._buffer = bytearray()
         self._responses = {}
         self._next_request_id = 1
@@ -731,9 +819,10 @@ class Client:
     def wait_sync(self, timeout=None):
         """Wait for SYNC_DONE: returns `(backlog, count)`.
 
-        `backlog` lists the DELIVER and FRIEND_EVENT pushes that arrived before SYNC_DONE, in
-        order (they are taken off the queue with it); other pushes stay queued. `count` is
-        SYNC_DONE's count.
+        `backlog` lists the items (DELIVER, FRIEND_EVENT, READ_RECEIPT, GROUP_EVENT) that
+        arrived before SYNC_DONE, in order; they are taken off the queue with it, and so is a
+        SYNC_GAP, which is kept in `sync_gap` (None when there was none). Other pushes
+        (PRESENCE) stay queued. `count` is SYNC_DONE's count.
         """
         deadline = self._deadline(timeout)
         while True:
@@ -746,8 +835,10 @@ class Client:
         backlog = []
         remaining = deque()
         for index, frame in enumerate(self.pushes):
-            if index < done_index and frame.opcode in (Op.DELIVER, Op.FRIEND_EVENT):
+            if index < done_index and is_item(frame):
                 backlog.append(frame)
+            elif index < done_index and frame.opcode == Op.SYNC_GAP:
+                self.sync_gap = frame
             elif index != done_index:
                 remaining.append(frame)
         self.pushes = remaining
@@ -781,9 +872,23 @@ class Client:
         self.hello_info = self.request(Op.HELLO, version=version)
         return self.hello_info
 
-    def register(self, username, password, iterations=DEFAULT_ITERATIONS, salt=None):
-        """REGISTER with a fresh 16-byte salt; returns the DerivedKeys (usable by login)."""
+    def kdf_iterations(self, requested=None):
+        """The PBKDF2 iteration count to register with: `requested` (or DEFAULT_ITERATIONS
+        when None), raised to the server's `min_kdf_iterations` from HELLO_OK, since a
+        count below it is refused with WEAK_CREDENTIALS."""
+        count = DEFAULT_ITERATIONS if requested is None else requested
+        if self.hello_info is not None:
+            count = max(count, self.hello_info["min_kdf_iterations"])
+        return count
+
+    def register(self, username, password, iterations=None, salt=None):
+        """REGISTER with a fresh 16-byte salt; returns the DerivedKeys (usable by login).
+
+        `iterations` is raised to the server's minimum (see `kdf_iterations`); send a raw
+        REGISTER request to offer fewer.
+        """
         salt = secrets.token_bytes(16) if salt is None else salt
+        iterations = self.kdf_iterations(iterations)
         keys = derive_keys(password, salt, iterations)
         self.request(Op.REGISTER, username=username, salt=keys.salt, iterations=iterations,
                      stored_key=keys.stored_key, server_key=keys.server_key)
@@ -794,12 +899,17 @@ class Client:
         client_nonce = secrets.token_bytes(24) if client_nonce is None else client_nonce
         return self.request(Op.LOGIN_START, username=username, client_nonce=client_nonce)
 
-    def login_finish(self, proof):
-        """LOGIN_FINISH with a raw proof; returns the LOGIN_OK frame (signature unchecked)."""
-        return self.request(Op.LOGIN_FINISH, client_proof=proof)
+    def login_finish(self, proof, device):
+        """LOGIN_FINISH with a raw proof for `device` (a Device); returns the LOGIN_OK frame
+        (signature unchecked)."""
+        return self.request(Op.LOGIN_FINISH, client_proof=proof, device_id=device.device_id,
+                            device_name=device.name)
 
-    def login(self, username, password=None, keys=None, salted_password=None):
-        """Log in with SCRAM-SHA-256 and check the server's signature.
+    def login(self, username, password=None, *, device, keys=None, salted_password=None):
+        """Log in with SCRAM-SHA-256 as `device` and check the server's signature.
+
+        `device` is the Device this connection speaks for: keep it (its id above all) across
+        runs, since the server keeps one delivery position per device.
 
         Give `password`, or cached key material: `keys` (DerivedKeys from `register`,
         `derive_keys` or an earlier login) or `salted_password` (32 bytes, valid for the salt
@@ -807,9 +917,9 @@ class Client:
         challenge's salt and iterations fall back to `password`; with no password, the login
         is abandoned (a failed attempt on the server) and ValueError is raised.
 
-        Returns the LOGIN_OK frame; sets `self.username` (as registered) and `self.keys`.
-        Pushes that follow (the backlog, then SYNC_DONE) are left in the queue: see
-        `wait_sync`.
+        Returns the LOGIN_OK frame; sets `self.username` (as registered), `self.keys` and
+        `self.device`. Pushes that follow (SYNC_GAP perhaps, the backlog, then SYNC_DONE) are
+        left in the queue: see `wait_sync`.
         """
         client_nonce = secrets.token_bytes(24)
         challenge = self.login_start(username, client_nonce)
@@ -822,19 +932,21 @@ class Client:
             keys = derive_keys(password, salt, iterations)
         if keys is None:
             try:
-                self.login_finish(bytes(32))
+                self.login_finish(bytes(32), device)
             except ServerError:
                 pass
             raise ValueError("cached keys do not match the challenge and no password given")
         if not nonce.startswith(client_nonce) or len(nonce) <= len(client_nonce):
             raise AuthenticationError("the server's nonce does not extend ours")
         message = auth_message(username, client_nonce, salt, iterations, nonce)
-        ok = self.login_finish(client_proof(keys, message))
+        self.sync_gap = None
+        ok = self.login_finish(client_proof(keys, message), device)
         if not hmac.compare_digest(ok["server_signature"], server_signature(keys, message)):
             self.close()
             raise AuthenticationError("the server signature is wrong: not our server")
         self.username = ok["username"]
         self.keys = keys
+        self.device = device
         return ok
 
     def logout(self):
@@ -882,21 +994,34 @@ class Client:
         return self.request(Op.SEND, to=to, client_msg_id=client_msg_id, body=body)
 
     def ack(self, up_to_message_id):
+        """ACK: moves this device's position up to that id (never past the items this
+        connection was sent). Pass the highest item id processed (see `last_item_id`)."""
         return self.request(Op.ACK, up_to_message_id=up_to_message_id)
 
-    def history(self, peer=None, group_id=None, before=0, limit=50):
+    def history(self, peer=None, group_id=None, direction=OLDER, from_id=0, limit=50):
         """HISTORY of a direct conversation (`peer`) or a group (`group_id`).
 
-        Returns HISTORY_PAGE: `messages` (message_id, timestamp_ms, sender, body), newest
-        first, and `next_before` (0 when there is no older page).
+        `direction` OLDER (the default) reads ids below `from_id`, newest first (0: from the
+        newest); NEWER reads ids above `from_id`, oldest first. Returns HISTORY_PAGE:
+        `messages` (message_id, timestamp_ms, sender, body) and `next`, the `from_id` of the
+        next page in the same direction (0 when there is none).
         """
         if (peer is None) == (group_id is None):
             raise ValueError("give exactly one of peer and group_id")
-        if peer is not None:
-            return self.request(Op.HISTORY, kind=KIND_DIRECT, peer=peer,
-                                before_message_id=before, limit=limit)
-        return self.request(Op.HISTORY, kind=KIND_GROUP, group_id=group_id,
-                            before_message_id=before, limit=limit)
+        target = {"kind": KIND_DIRECT, "peer": peer} if peer is not None else {
+            "kind": KIND_GROUP, "group_id": group_id}
+        return self.request(Op.HISTORY, direction=direction, from_message_id=from_id,
+                            limit=limit, **target)
+
+    def history_pages(self, peer=None, group_id=None, direction=OLDER, from_id=0, limit=50):
+        """Every page of a conversation in one direction, following `next` until it is 0;
+        yields the HISTORY_PAGE frames."""
+        while True:
+            page = self.history(peer, group_id, direction, from_id, limit)
+            yield page
+            if not page["next"]:
+                return
+            from_id = page["next"]
 
     def read(self, peer, up_to):
         return self.request(Op.READ, peer=peer, up_to_message_id=up_to)
@@ -929,6 +1054,17 @@ class Client:
         return self.request(Op.GROUP_SEND, group_id=group_id, client_msg_id=client_msg_id,
                             body=body)
 
+    # -- devices ----------------------------------------------------------------------------
+
+    def device_list(self):
+        """DEVICE_LIST_RESULT: `devices` (device_id, name, last_seen_ms, online, current),
+        most recently seen first."""
+        return self.request(Op.DEVICE_LIST)
+
+    def device_remove(self, device_id):
+        """DEVICE_REMOVE of another device of this user; its connections are closed."""
+        return self.request(Op.DEVICE_REMOVE, device_id=device_id)
+
 
 # ---------------------------------------------------------------------------------------------
 # Self-check
@@ -951,16 +1087,19 @@ def self_test():
             raise AssertionError("%s: got %r, expected %r" % (label, actual, expected))
         checks += 1
 
-    hello = _hex("00 00 00 07 01 00 00 00 01 00 01")
-    check("HELLO bytes", encode_message(Op.HELLO, 1, version=1), hello)
-    check("HELLO decode", decode_frame(hello), Frame(Op.HELLO, 1, {"version": 1}))
-    hello_ok = _hex("00 00 00 28 81 00 00 00 01 00 01"
-                    "00 0F 69 6D 2D 73 65 72 76 65 72 20 30 2E 31 2E 30"
-                    "00 01 00 00 00 00 10 00 00 00 10 00 00 00 00 78")
-    check("HELLO_OK bytes", encode_message(
-        Op.HELLO_OK, 1, version=1, server="im-server 0.1.0", max_frame=65536,
-        max_frame_before_login=4096, max_body=4096, idle_timeout_secs=120), hello_ok)
-    check("HELLO_OK decode", decode_frame(hello_ok)["server"], "im-server 0.1.0")
+    hello = _hex("00 00 00 07 01 00 00 00 01 00 02")
+    check("HELLO bytes", encode_message(Op.HELLO, 1, version=2), hello)
+    check("HELLO decode", decode_frame(hello), Frame(Op.HELLO, 1, {"version": 2}))
+    hello_ok = _hex("00 00 00 30 81 00 00 00 01 00 02"
+                    "00 0F 69 6D 2D 73 65 72 76 65 72 20 30 2E 32 2E 30"
+                    "00 01 00 00 00 00 10 00 00 00 10 00 00 00 00 78"
+                    "00 00 00 0A 00 01 86 A0")
+    hello_ok_fields = {"version": 2, "server": "im-server 0.2.0", "max_frame": 65536,
+                       "max_frame_before_login": 4096, "max_body": 4096,
+                       "idle_timeout_secs": 120, "login_timeout_secs": 10,
+                       "min_kdf_iterations": 100000}
+    check("HELLO_OK bytes", encode_message(Op.HELLO_OK, 1, **hello_ok_fields), hello_ok)
+    check("HELLO_OK decode", decode_frame(hello_ok).fields, hello_ok_fields)
     check("PING bytes", encode_message(Op.PING, 2), _hex("00 00 00 05 02 00 00 00 02"))
     check("PONG bytes", encode_message(Op.PONG, 2), _hex("00 00 00 05 82 00 00 00 02"))
     send = _hex("00 00 00 16 20 00 00 00 09 00 03 62 6F 62 00 00 00 00 00 00 00 07"
@@ -983,12 +1122,72 @@ def self_test():
     group_deliver = encode_message(Op.DELIVER, 0, message_id=1, timestamp_ms=2, kind=1,
                                    group_id=5, body="x", **{"from": "a"})
     check("group DELIVER round trip", decode_frame(group_deliver)["group_id"], 5)
-    history = encode_message(Op.HISTORY, 3, kind=1, group_id=1, before_message_id=0, limit=5)
-    check("HISTORY group bytes", history[9:], _hex("01 00 00 00 00 00 00 00 01"
+    history = encode_message(Op.HISTORY, 3, kind=1, group_id=1, direction=OLDER,
+                             from_message_id=0, limit=5)
+    check("HISTORY group bytes", history[9:], _hex("01 00 00 00 00 00 00 00 01 00"
                                                    "00 00 00 00 00 00 00 00 00 05"))
+    forward = encode_message(Op.HISTORY, 4, kind=0, peer="bob", direction=NEWER,
+                             from_message_id=42, limit=200)
+    check("HISTORY forward bytes", forward, _hex("00 00 00 16 22 00 00 00 04 00 00 03 62 6F 62"
+                                                 "01 00 00 00 00 00 00 00 2A 00 C8"))
+    check("HISTORY forward decode", decode_frame(forward).fields, {
+        "kind": 0, "peer": "bob", "direction": 1, "from_message_id": 42, "limit": 200})
     page = encode_message(Op.HISTORY_PAGE, 3, messages=[
-        {"message_id": 9, "timestamp_ms": 1, "sender": "a", "body": "é"}], next_before=0)
+        {"message_id": 9, "timestamp_ms": 1, "sender": "a", "body": "é"}], next=9)
+    check("HISTORY_PAGE bytes", page[9:], _hex("00 01 00 00 00 00 00 00 00 09"
+                                               "00 00 00 00 00 00 00 01 00 01 61 00 02 C3 A9"
+                                               "00 00 00 00 00 00 00 09"))
     check("HISTORY_PAGE round trip", decode_frame(page)["messages"][0]["body"], "é")
+    check("HISTORY_PAGE next", decode_frame(page)["next"], 9)
+    login_finish = encode_message(Op.LOGIN_FINISH, 5, client_proof=bytes(range(32)),
+                                  device_id=0x0102030405060708, device_name="phone")
+    check("LOGIN_FINISH bytes", login_finish[9:], _hex(
+        "00 20" + bytes(range(32)).hex() + "01 02 03 04 05 06 07 08 00 05 70 68 6F 6E 65"))
+    check("LOGIN_FINISH decode", decode_frame(login_finish)["device_id"], 0x0102030405060708)
+    check("DEVICE_LIST bytes", encode_message(Op.DEVICE_LIST, 6),
+          _hex("00 00 00 05 40 00 00 00 06"))
+    check("DEVICE_REMOVE bytes", encode_message(Op.DEVICE_REMOVE, 7, device_id=2 ** 64 - 1),
+          _hex("00 00 00 0D 41 00 00 00 07 FF FF FF FF FF FF FF FF"))
+    devices = [{"device_id": 7, "name": "laptop", "last_seen_ms": 1764108000000, "online": 1,
+                "current": 1},
+               {"device_id": 2 ** 63, "name": "ph\u00f6ne", "last_seen_ms": 5, "online": 0,
+                "current": 0}]
+    device_list = encode_message(Op.DEVICE_LIST_RESULT, 6, devices=devices)
+    check("DEVICE_LIST_RESULT bytes", device_list[:9 + 2 + 8 + 8],
+          _hex("00 00 00 3B 8E 00 00 00 06 00 02 00 00 00 00 00 00 00 07 00 06"
+               "6C 61 70 74 6F 70"))
+    check("DEVICE_LIST_RESULT round trip", decode_frame(device_list)["devices"], devices)
+    gap = _hex("00 00 00 19 C6 00 00 00 00 00 00 00 00 00 00 00 0A 00 00 00 00 00 00 01 F4"
+               "00 00 01 E3")
+    check("SYNC_GAP decode", decode_frame(gap).fields, {
+        "after_message_id": 10, "up_to_message_id": 500, "skipped": 483})
+    receipt = _hex("00 00 00 29 C3 00 00 00 00 00 00 00 00 00 00 00 2B"
+                   "00 00 01 9A BD 07 DB 00 00 03 62 6F 62 00 05 61 6C 69 63 65"
+                   "00 00 00 00 00 00 00 2A")
+    receipt_fields = {"message_id": 43, "timestamp_ms": 1764108000000, "reader": "bob",
+                      "peer": "alice", "up_to_message_id": 42}
+    check("READ_RECEIPT decode", decode_frame(receipt).fields, receipt_fields)
+    check("READ_RECEIPT bytes", encode_message(Op.READ_RECEIPT, 0, **receipt_fields), receipt)
+    group_event = _hex("00 00 00 29 C5 00 00 00 00 00 00 00 00 00 00 00 2C"
+                       "00 00 01 9A BD 07 DB 00 00 00 00 00 00 00 00 05 01 00 03 62 6F 62"
+                       "00 04 74 65 61 6D")
+    check("GROUP_EVENT decode", decode_frame(group_event).fields, {
+        "message_id": 44, "timestamp_ms": 1764108000000, "group_id": 5, "event": GROUP_JOINED,
+        "username": "bob", "group_name": "team"})
+    own_event = encode_message(Op.FRIEND_EVENT, 0, message_id=45, timestamp_ms=1,
+                               event=FRIEND_YOU_REMOVED, username="bob")
+    check("FRIEND_EVENT 8 round trip", decode_frame(own_event)["event"], 8)
+    check("items", [is_item(decode_frame(f)) for f in (deliver, receipt, group_event, own_event,
+                                                        gap)], [True, True, True, True, False])
+    check("last item id", last_item_id([decode_frame(f) for f in (receipt, gap, deliver)]), 43)
+    future = ServerError.from_frame(decode_frame(encode_message(
+        Op.ERROR, 0, code=77, message="a code this client does not know")))
+    check("unknown error code", (future.code, future.name, future.message),
+          (77, "ERROR_77", "a code this client does not know"))
+    check("TOO_MANY_DEVICES", ERROR_CODES["TOO_MANY_DEVICES"], 31)
+    check("NO_SUCH_DEVICE", ERROR_CODES["NO_SUCH_DEVICE"], 32)
+    check("LOGIN_THROTTLED", ERROR_CODES["LOGIN_THROTTLED"], 38)
+    check("device ids are nonzero", all(new_device_id() for _ in range(100)), True)
     for label, bad in (("short", _hex("00 00 00 06 01 00 00 00 01 00")),
                        ("trailing", _hex("00 00 00 08 01 00 00 00 01 00 01 00")),
                        ("utf-8", encode_frame(Op.FRIEND_LIST_RESULT, 1,

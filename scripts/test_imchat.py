@@ -4,11 +4,16 @@
 Builds the server (`cargo build`; `--no-build` skips it, and `IM_SERVER_BIN` names a binary
 built elsewhere), starts it on 127.0.0.1:0 with a database in a temporary directory, and
 drives two imchat clients, alice and bob, each in its own tmux session (120x40) on a tmux
-server of this test's own: `send-keys` types, `capture-pane` reads the screen. The scenario:
-both register, become friends, chat both ways (one of them mid-line while a message
-arrives), meet errors, alice quits while bob writes to her, comes back to "3 new messages
+server of this test's own: `send-keys` types, `capture-pane` reads the screen. Each imchat
+keeps its device in a file of the test's own (`--device-file`). The scenario: both register
+and see their one device in /devices, become friends, chat both ways (one of them mid-line
+while a message arrives), meet errors; alice's phone (a second device, driven through
+imclient) writes and reads, which her terminal shows as hers, until she removes the phone
+with /devices remove; alice quits while bob writes to her, comes back to "3 new messages
 from bob" and then the messages, and again to nothing (they were acknowledged); a group;
-the server restarts while alice has a line to send, which arrives once.
+a longer absence than the server's --device-backlog-cap, shown as a gap that /history
+fills; the server restarts while alice has a line to send, which arrives once; the phone
+removes alice's terminal, which says so and logs in again as a new device.
 
 Waits poll the screen until the text appears, with a timeout; nothing sleeps for an event.
 Prints one line per step and `N passed, N failed` last; exits 1 if a step failed. Steps
@@ -17,6 +22,7 @@ screens of both clients there. The tmux server and im-server are stopped at the 
 """
 
 import argparse
+import json
 import os
 import select
 import shutil
@@ -27,6 +33,10 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from imclient import Client, Device, Op  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMCHAT = os.path.join(REPO, "scripts", "imchat.py")
 MIN_KDF_ITERATIONS = 1000
@@ -35,6 +45,10 @@ WAIT_TIMEOUT = 15.0
 STARTUP_TIMEOUT = 20.0
 POLL_INTERVAL = 0.05
 PASSWORDS = {"alice": "correct horse alice", "bob": "battery staple bob"}
+# Small, so that a short absence is already a long one (SYNC_GAP); above every other
+# absence of the scenario.
+DEVICE_BACKLOG_CAP = 6
+NO_SUCH_DEVICE = 32
 
 
 class CheckFailed(Exception):
@@ -60,7 +74,8 @@ class Server:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [self.binary, "--listen", listen, "--db", self.db,
-             "--min-kdf-iterations", str(MIN_KDF_ITERATIONS), "--trust-loopback"],
+             "--min-kdf-iterations", str(MIN_KDF_ITERATIONS),
+             "--device-backlog-cap", str(DEVICE_BACKLOG_CAP)],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         line = b""
@@ -202,11 +217,16 @@ class Scenario:
         self.workdir = workdir
         self.alice = None
         self.bob = None
+        self.phone_device = Device.new("alice's phone")
+
+    def device_file(self, screen):
+        return os.path.join(self.workdir, screen.name + "-device.json")
 
     def launch(self, screen):
         screen.wait_text("$")
-        screen.type("IMCHAT_KDF_ITERATIONS=%d %s %s --addr %s" % (
-            CLIENT_KDF_ITERATIONS, sys.executable, IMCHAT, self.server.address))
+        screen.type("IMCHAT_KDF_ITERATIONS=%d %s %s --addr %s --device-file %s" % (
+            CLIENT_KDF_ITERATIONS, sys.executable, IMCHAT, self.server.address,
+            self.device_file(screen)))
         screen.wait_text("Log in or register?")
 
     def register(self, screen):
@@ -225,6 +245,10 @@ class Scenario:
 
     def log_in(self, screen):
         self.launch(screen)
+        self.answer_login(screen)
+
+    def answer_login(self, screen):
+        """At "Log in or register?": log in with the name and password."""
         screen.type("l")
         screen.wait_text("Name:")
         screen.type(screen.name)
@@ -238,6 +262,19 @@ class Scenario:
         screen.wait_text("Bye.")
         screen.wait_input("$")
 
+    def phone_login(self):
+        """alice's phone, a second device of hers, through imclient."""
+        host, _, port = self.server.address.rpartition(":")
+        phone = Client(timeout=WAIT_TIMEOUT).connect(host, int(port))
+        phone.hello()
+        phone.login("alice", PASSWORDS["alice"], device=self.phone_device)
+        phone.wait_sync(WAIT_TIMEOUT)
+        return phone
+
+    def wait_count(self, screen, text, count):
+        screen.wait_for(lambda: screen.text().count(text) >= count,
+                        "%r %d times" % (text, count))
+
     # -- steps ------------------------------------------------------------------------------
 
     def step_register_both(self):
@@ -245,6 +282,13 @@ class Scenario:
         self.bob = Screen(self.tmux, "bob", self.workdir)
         self.register(self.alice)
         self.register(self.bob)
+
+    def step_devices_listed(self):
+        for screen in (self.alice, self.bob):
+            screen.type("/devices")
+            text = screen.wait_text("Your devices, most recently seen first:", "this device")
+            listed = text.rsplit("Your devices", 1)[-1]
+            check(listed.count("imchat on ") == 1, "one device listed:\n" + indent(listed))
 
     def step_friend_request_with_tab_completion(self):
         self.alice.type("/add bob")
@@ -304,6 +348,34 @@ class Scenario:
         self.alice.type("/help")
         self.alice.wait_text("/group invite GROUP NAME", "/history [N]")
 
+    def step_another_device(self):
+        phone = self.phone_login()
+        try:
+            phone.send("bob", "sent from alice's phone")
+            self.alice.wait_text("@bob alice: sent from alice's phone")
+            self.bob.wait_text("@alice alice: sent from alice's phone")
+            self.bob.type("/msg alice a reply for the phone")
+            reply = phone.wait_push(Op.DELIVER, lambda f: f["body"] == "a reply for the phone",
+                                    timeout=WAIT_TIMEOUT)
+            phone.read("bob", reply["message_id"])
+            self.alice.wait_text("You read this conversation on another device.")
+            self.bob.wait_text("alice has read your messages.")
+            self.alice.type("/devices")
+            self.alice.wait_for(lambda: "alice's phone" in self.alice.text().rsplit(
+                "Your devices", 1)[-1], "the phone in /devices")
+            self.alice.type("/devices remove %s" % str(self.phone_device.device_id)[:8])
+            self.alice.wait_text("Removed the device alice's phone")
+            codes = [f["code"] for f in phone.wait_closed(WAIT_TIMEOUT) if f.opcode == Op.ERROR]
+            check(codes == [NO_SUCH_DEVICE], "the phone was closed with %r" % codes)
+            self.alice.type("/devices remove %s" % self.alice_device_id())
+            self.alice.wait_text("That is this device; /logout instead")
+        finally:
+            phone.close()
+
+    def alice_device_id(self):
+        with open(self.device_file(self.alice), encoding="utf-8") as handle:
+            return json.load(handle)["device_id"]
+
     def step_offline_messages_shown_then_acknowledged(self):
         self.quit(self.alice)
         self.bob.wait_text("alice is offline.")
@@ -335,12 +407,33 @@ class Scenario:
         self.alice.type("/group create team")
         self.alice.wait_text("Created #team.")
         self.alice.type("/group invite team bob")
-        self.alice.wait_text("bob joined #team.")
+        self.alice.wait_text("You added bob to #team.")
         self.bob.wait_text("You are now a member of #team")
         self.bob.type("/g team hello team")
         self.alice.wait_text("#team bob: hello team")
         self.alice.type("/group members team")
         self.alice.wait_text("#team has 2 members:")
+
+    def step_long_absence_is_a_gap(self):
+        self.quit(self.alice)
+        for i in range(DEVICE_BACKLOG_CAP + 4):
+            self.bob.type("/msg alice long absence %d" % i)
+        self.bob.type("/history %d" % (DEVICE_BACKLOG_CAP + 4))
+        header = "--- the last %d messages in @alice ---" % (DEVICE_BACKLOG_CAP + 4)
+        self.bob.wait_text(header)
+        self.bob.wait_for(lambda: self.bob.text().rsplit(header, 1)[-1].count(
+            "long absence") == DEVICE_BACKLOG_CAP + 4, "every message in /history")
+        self.alice.clear()
+        self.log_in(self.alice)
+        last = "bob: long absence %d" % (DEVICE_BACKLOG_CAP + 3)
+        text = self.alice.wait_text("You were away a long time", "/history [N]", last)
+        check("long absence 0" not in text, "the oldest was pushed despite the gap:\n"
+              + indent(text))
+        check(text.index("You were away a long time") < text.index(last),
+              "the gap is not told first:\n" + indent(text))
+        self.alice.type("/open bob")
+        self.alice.type("/history %d" % (DEVICE_BACKLOG_CAP + 4))
+        self.alice.wait_text(header.replace("@alice", "@bob"), "bob: long absence 0")
 
     def step_reconnect_resends_once(self):
         self.alice.type("/open bob")
@@ -365,6 +458,18 @@ class Scenario:
         check(tail.count("sent while the server was down") == 1,
               "the server stored the resent message twice:\n" + indent(tail))
 
+    def step_removed_on_another_device(self):
+        phone = self.phone_login()  # a new device now: its old id was removed
+        try:
+            phone.device_remove(self.alice_device_id())
+        finally:
+            phone.close()
+        self.alice.wait_text("This device was removed from your account on another device")
+        self.alice.type("/logout")
+        self.alice.wait_text("Logged out.", "Log in or register?")
+        self.answer_login(self.alice)
+        self.wait_count(self.alice, "Hello alice!", 2)
+
     def step_logout(self):
         self.bob.type("/logout")
         self.bob.wait_text("Logged out.", "Log in or register?")
@@ -374,16 +479,22 @@ class Scenario:
 
     STEPS = [
         ("both register", "step_register_both"),
+        ("/devices lists this device", "step_devices_listed"),
         ("friend request, accepted with Tab completion",
          "step_friend_request_with_tab_completion"),
         ("chat both ways", "step_chat_both_ways"),
         ("a message arrives above a half-typed line", "step_typing_is_not_broken_by_arrivals"),
         ("errors are sentences", "step_errors_are_sentences"),
         ("/friends and /help", "step_friends_and_help"),
+        ("another device: its messages and reads shown as mine; /devices remove",
+         "step_another_device"),
         ("offline messages: N new messages, then acknowledged",
          "step_offline_messages_shown_then_acknowledged"),
         ("group chat", "step_group_chat"),
+        ("a long absence: the gap is told, /history reads it", "step_long_absence_is_a_gap"),
         ("server restart: reconnect, resend once", "step_reconnect_resends_once"),
+        ("removed on another device: told, and logs in again as new",
+         "step_removed_on_another_device"),
         ("logout", "step_logout"),
     ]
 
