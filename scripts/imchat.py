@@ -1236,7 +1236,7 @@ class Chat:
         return and_list(parts)
 
     def flush_ack(self):
-        """ACK the highest item id shown (never a SENT's id), once per pass of the loop."""
+        """ACK the highest item id shown or sent from here, once per pass of the loop."""
         if self.client is None or self.syncing or self.ack_wanted <= self.ack_sent:
             return
         self.ack_sent = self.ack_wanted
@@ -1302,6 +1302,10 @@ class Chat:
         self.remember_shown(message_id)
         key = entry.conversation.key
         self.latest[key] = max(self.latest.get(key, 0), message_id)
+        # PROTOCOL.md §6: an ACK may cover what this connection made itself (the server clamps
+        # it to what the connection was sent), so this device's own messages never pile up
+        # ahead of its position.
+        self.ack_wanted = max(self.ack_wanted, message_id)
 
     def on_send_failed(self, entry, error):
         if error.retry_after_ms is not None:

@@ -119,3 +119,16 @@ fn a_live_item_during_a_backlog_comes_before_sync_done_in_its_place() {
     assert_eq!(count as usize, expected.len());
     bob.assert_quiet();
 }
+
+/// Catches: a zero limit read as "none allowed" instead of "unlimited" (`--max-sessions 0`,
+/// `--register-limit 0`, as im-bench runs the server).
+#[test]
+fn zero_limits_mean_unlimited() {
+    let server = TestServer::start_with(&["--max-sessions", "0", "--register-limit", "0", "--limit-loopback"]);
+    let mut client = server.hello();
+    for n in 0..12 {
+        assert_eq!(client.call(register_request(&format!("user{n}"))), Message::Ok, "registration {n}");
+    }
+    let sessions: Vec<Client> = (0..12).map(|_| server.device("user0")).collect();
+    assert_eq!(sessions.len(), 12);
+}
