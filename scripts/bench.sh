@@ -133,7 +133,8 @@ mkdir -p "$WORK/im"
 # which a device gets SYNC_GAP and only the newest entries) must lie above it.
 SERVER_CMD=("${PIN_SERVER[@]}" "$SERVER" --listen 127.0.0.1:0 --db "$WORK/im/bench.db"
     --min-kdf-iterations 1000 --max-connections 19500
-    --trust-loopback --send-rate 0 --max-offline 0 --max-sessions 0 --device-backlog-cap $((2 * DRAIN)))
+    --send-rate 0 --max-offline 0 --max-sessions 0 --device-backlog-cap $((2 * DRAIN))
+    --max-pending-requests 65535 --max-friends 65535)
 quoted "${SERVER_CMD[@]}" | sed "s#$ROOT/##g; s#$WORK#\$TMP#g" >>"$COMMANDS"
 # Made here, not by the background job's redirection, so the sed below never runs before it
 # exists (under pipefail a missing file would end the script).

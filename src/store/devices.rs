@@ -144,6 +144,13 @@ impl Store {
 
     /// Forgets every device not seen since `before_ms` (at start); returns how many.
     pub fn expire_devices(&mut self, before_ms: i64) -> StoreResult<usize> {
+        // Read first: a start with nothing to forget writes nothing.
+        let stale: bool =
+            self.db
+                .query_row("SELECT EXISTS (SELECT 1 FROM devices WHERE last_seen < ?1)", [before_ms], |r| r.get(0))?;
+        if !stale {
+            return Ok(0);
+        }
         let removed = self.write(|db| db.prepare("DELETE FROM devices WHERE last_seen < ?1")?.execute([before_ms]))?;
         Ok(removed)
     }
