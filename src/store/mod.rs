@@ -114,6 +114,8 @@ pub struct Store {
     in_transaction: bool,
     failed: bool,
     writes: u64,
+    /// `writes` when the open transaction began.
+    writes_at_begin: u64,
     next_message_id: MessageId,
     first_uncommitted_id: MessageId,
     tail: posting::Tail,
@@ -154,6 +156,7 @@ impl Store {
             in_transaction: false,
             failed: false,
             writes: 0,
+            writes_at_begin: 0,
             next_message_id,
             first_uncommitted_id: next_message_id,
             tail,
@@ -174,6 +177,7 @@ impl Store {
             match self.db.execute_batch("BEGIN") {
                 Ok(()) => {
                     self.in_transaction = true;
+                    self.writes_at_begin = self.writes;
                     self.first_uncommitted_id = self.next_message_id;
                 }
                 // Reads then run in autocommit mode, only slower.
@@ -188,6 +192,7 @@ impl Store {
         if !self.in_transaction {
             self.db.execute_batch("BEGIN")?;
             self.in_transaction = true;
+            self.writes_at_begin = self.writes - 1;
             self.first_uncommitted_id = self.next_message_id;
         }
         Ok(())
@@ -237,7 +242,10 @@ impl Store {
                     if flush {
                         self.tail.clear(up_to);
                     }
-                    self.nudge_checkpointer();
+                    // Only a commit that wrote grows the WAL.
+                    if self.writes != self.writes_at_begin {
+                        self.nudge_checkpointer();
+                    }
                     self.restart_wal_if_long();
                     if crash_at == Some(CrashPoint::AfterCommit) {
                         log::warn!("test crash point: aborting after COMMIT");
