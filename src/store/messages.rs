@@ -214,7 +214,7 @@ impl Store {
             if direction == HistoryDirection::Older {
                 ids.reverse();
             }
-            let mut rows = self.rows_by_id(channel, &ids)?;
+            let mut rows = self.rows_with_ids(&ids)?;
             if direction == HistoryDirection::Older {
                 rows.reverse();
             }
@@ -263,7 +263,8 @@ impl Store {
     }
 
     /// The rows with the given ascending ids, whatever their conversations. When the ids are
-    /// dense in their range one range scan reads them; otherwise each is looked up by id.
+    /// dense in their range (a conversation that had the server to itself, as in a long
+    /// offline backlog) one range scan reads them; otherwise each is looked up by id.
     pub fn rows_with_ids(&self, ids: &[MessageId]) -> StoreResult<Vec<BacklogRow>> {
         let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return Ok(Vec::new()) };
         let mut rows = Vec::with_capacity(ids.len());
@@ -289,33 +290,6 @@ impl Store {
             )?;
             for &id in ids {
                 rows.extend(stmt.query_row([id], backlog_row).optional()?);
-            }
-        }
-        Ok(rows)
-    }
-
-    /// The rows of ascending `ids` of one channel. When the ids are dense in their range (a
-    /// conversation that had the server to itself, as in a long offline backlog) one range
-    /// scan reads them; otherwise each is looked up by id.
-    fn rows_by_id(&self, channel: Channel, ids: &[MessageId]) -> StoreResult<Vec<BacklogRow>> {
-        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return Ok(Vec::new()) };
-        let map = backlog_row;
-        let mut rows = Vec::with_capacity(ids.len());
-        if (last - first) as usize <= 4 * ids.len() {
-            let mut stmt = self.db.prepare_cached(
-                "SELECT id, channel, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body, device
-                 FROM messages WHERE id BETWEEN ?1 AND ?2 AND channel = ?3 ORDER BY id",
-            )?;
-            for row in stmt.query_map(params![first, last, channel.0], map)? {
-                rows.push(row?);
-            }
-        } else {
-            let mut stmt = self.db.prepare_cached(
-                "SELECT id, channel, sender, (SELECT name FROM users WHERE id = sender), kind, sent_at, body, device
-                 FROM messages WHERE id = ?1",
-            )?;
-            for &id in ids {
-                rows.extend(stmt.query_row([id], map).optional()?);
             }
         }
         Ok(rows)
