@@ -2,14 +2,15 @@
 //! friends (PROTOCOL.md §8). Besides bounding what one user can make the server hold, they keep
 //! every list inside the `u16` count it is sent with: the flags cannot exceed 65,535.
 //!
-//! Each check runs first in its handler. It passes whatever it cannot judge (an unknown name, a
-//! group the user is not in, a request that is not there), so the handler's own refusal for
-//! those stays the answer, and a cap never reveals what a refusal would hide.
+//! The friend-request checks run first in their handlers and pass whatever they cannot judge
+//! (an unknown name, a request that is not there), so the handler's own refusal for those
+//! stays the answer; the invitation check runs after the handler's own checks. Either way a
+//! cap never reveals what a refusal would hide.
 
 use super::{Ctx, Outcome, Refusal, refuse};
 use crate::protocol::ErrorCode;
 use crate::protocol::response::List16;
-use crate::store::{ContactState, LOBBY_GROUP_ID, UserId};
+use crate::store::{ContactState, GroupId, UserId};
 
 /// `GROUP_CREATE`: the creator joins the new group.
 pub fn check_create_group(ctx: &Ctx, me: UserId) -> Outcome {
@@ -19,16 +20,10 @@ pub fn check_create_group(ctx: &Ctx, me: UserId) -> Outcome {
     Ok(())
 }
 
-/// `GROUP_INVITE`: the group needs room for one more member, and the invitee for one more group.
-pub fn check_invite(ctx: &Ctx, me: UserId, group_id: u64, username: &str) -> Outcome {
-    let Ok(group) = i64::try_from(group_id) else { return Ok(()) };
-    if group == LOBBY_GROUP_ID || !ctx.world.is_member(me, group) {
-        return Ok(());
-    }
-    let Some((them, _)) = ctx.store.find_user_id(&username.to_ascii_lowercase())? else { return Ok(()) };
-    if ctx.store.is_member(group, them)? {
-        return Ok(());
-    }
+/// `GROUP_INVITE` of `them`, a friend of the inviter and no member yet, to a group other than
+/// the lobby (the handler has checked all three): the group needs room for one more member,
+/// and the invitee for one more group.
+pub fn check_invite(ctx: &Ctx, group: GroupId, them: UserId) -> Outcome {
     if ctx.store.member_count(group)? >= ctx.config.max_group_members {
         return refuse(ErrorCode::GroupFull, "that group has as many members as a group may have");
     }

@@ -84,7 +84,7 @@ pub fn invite(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, username
         return refuse(ErrorCode::AlreadyMember, "that user is already a member");
     }
     // After the friendship check, so a stranger's name never learns more than NOT_FRIENDS.
-    caps::check_invite(ctx, me, group_id, username)?;
+    caps::check_invite(ctx, group, friend.id)?;
     // The member's first item of the group is the event of their joining.
     ctx.store.add_member(group, friend.id, ctx.now_ms)?;
     let group_name = ctx.world.groups.get(&group).map(|g| g.name.clone()).unwrap_or_default();
