@@ -152,26 +152,19 @@ pub fn read(ctx: &mut Ctx, o: &mut Origin, me: UserId, peer: &str, up_to: u64) -
     if up_to > 0 && ctx.store.set_read_up_to(me, friend.id, up_to)? {
         let my_name = name_of(ctx, me);
         let stored = store_receipts(ctx, o, me, friend.id, up_to)?;
-        let now = ctx.now_ms as u64;
-        for &t in ctx.world.sessions(friend.id) {
+        // The same receipt twice, under the id of each copy: for the peer's connections, and
+        // for this user's other ones.
+        for (id, user) in [(stored.for_peer, friend.id), (stored.for_me, me)] {
             let receipt = Receipt {
-                message_id: stored.for_peer as u64,
-                timestamp_ms: now,
+                message_id: id as u64,
+                timestamp_ms: ctx.now_ms as u64,
                 reader: &my_name,
                 peer: &friend.name,
                 up_to_message_id: up_to as u64,
             };
-            ctx.outbox.stage(t, FrameKind::Item { id: stored.for_peer }, |b| response::read_receipt(b, &receipt));
-        }
-        for &t in ctx.world.sessions(me).iter().filter(|&&t| t != o.token) {
-            let receipt = Receipt {
-                message_id: stored.for_me as u64,
-                timestamp_ms: now,
-                reader: &my_name,
-                peer: &friend.name,
-                up_to_message_id: up_to as u64,
-            };
-            ctx.outbox.stage(t, FrameKind::Item { id: stored.for_me }, |b| response::read_receipt(b, &receipt));
+            for &t in ctx.world.sessions(user).iter().filter(|&&t| t != o.token) {
+                ctx.outbox.stage(t, FrameKind::Item { id }, |b| response::read_receipt(b, &receipt));
+            }
         }
     }
     let rid = o.request_id;
