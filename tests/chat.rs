@@ -5,16 +5,7 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use support::{Client, Deliver, Message, Target, TestServer, code, make_friends, req};
-
-/// Two friends, alice and bob, each logged in once.
-fn alice_and_bob(server: &TestServer) -> (Client, Client) {
-    server.register_all(&["alice", "bob"]);
-    let mut alice = server.device("alice");
-    let mut bob = server.device("bob");
-    make_friends(&mut alice, &mut bob);
-    (alice, bob)
-}
+use support::{Deliver, Message, Target, TestServer, alice_and_bob, code, req};
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64

@@ -11,15 +11,6 @@ const PHONE: u64 = 1;
 const LAPTOP: u64 = 2;
 const TABLET: u64 = 3;
 
-/// alice and bob, friends, each logged in on the test device with nothing waiting.
-fn alice_and_bob(server: &TestServer) -> (Client, Client) {
-    server.register_all(&["alice", "bob"]);
-    let mut alice = server.device("alice");
-    let mut bob = server.device("bob");
-    make_friends(&mut alice, &mut bob);
-    (alice, bob)
-}
-
 /// Reads pushes until `SYNC_DONE`, then `extra` more items; returns the item ids in arrival
 /// order, checking that they strictly increase.
 fn item_ids(pushes: &[Message]) -> Vec<u64> {

@@ -5,15 +5,6 @@ mod support;
 
 use support::*;
 
-/// alice and bob, friends, logged in on their test devices with nothing waiting.
-fn alice_and_bob(server: &TestServer) -> (Client, Client) {
-    server.register_all(&["alice", "bob"]);
-    let mut alice = server.device("alice");
-    let mut bob = server.device("bob");
-    make_friends(&mut alice, &mut bob);
-    (alice, bob)
-}
-
 /// Catches: the retry window rebuilt at start keeping each sender's oldest 256 sends instead
 /// of the newest. After 300 sends and a restart, retrying any of the newest 256 returns the
 /// original `SENT` and stores nothing.

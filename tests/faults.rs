@@ -11,13 +11,10 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-/// alice and bob, friends, logged in, with nothing waiting.
-fn alice_and_bob(server: &TestServer) -> (Client, Client) {
-    server.register_all(&["alice", "bob", "carol"]);
-    let mut alice = server.device("alice");
-    let mut bob = server.device("bob");
-    make_friends(&mut alice, &mut bob);
-    (alice, bob)
+/// alice and bob, friends, logged in, with nothing waiting; carol registered.
+fn alice_bob_and_carol(server: &TestServer) -> (Client, Client) {
+    server.register("carol");
+    alice_and_bob(server)
 }
 
 /// Opens the server's database beside it and runs `sql` (the server keeps running; WAL lets
@@ -58,7 +55,7 @@ fn all_store_unavailable(answers: &[Message]) {
 #[test]
 fn a_failed_write_mid_batch_rolls_back_the_whole_batch() {
     let server = TestServer::start();
-    let (mut alice, mut bob) = alice_and_bob(&server);
+    let (mut alice, mut bob) = alice_bob_and_carol(&server);
     install(
         &server,
         "CREATE TRIGGER injected_write_failure AFTER INSERT ON messages
@@ -92,7 +89,7 @@ fn a_failed_write_mid_batch_rolls_back_the_whole_batch() {
 #[test]
 fn a_failed_commit_withdraws_every_answer_and_push_of_the_batch() {
     let server = TestServer::start();
-    let (mut alice, mut bob) = alice_and_bob(&server);
+    let (mut alice, mut bob) = alice_bob_and_carol(&server);
     // A deferred foreign key is checked at COMMIT: the insert succeeds, the COMMIT fails.
     install(
         &server,
@@ -147,7 +144,7 @@ fn crashable() -> TestServer {
 #[test]
 fn a_crash_before_commit_keeps_nothing_of_the_batch() {
     let server = crashable();
-    let (mut alice, mut bob) = alice_and_bob(&server);
+    let (mut alice, mut bob) = alice_bob_and_carol(&server);
     let (kept, _) = alice.call(req::send("bob", 1, "committed earlier")).sent();
     assert_eq!(bob.push().deliver().message_id, kept);
 
@@ -176,7 +173,7 @@ fn a_crash_before_commit_keeps_nothing_of_the_batch() {
 #[test]
 fn a_crash_after_commit_keeps_the_batch_and_retries_get_the_original_answer() {
     let server = crashable();
-    let (mut alice, mut bob) = alice_and_bob(&server);
+    let (mut alice, mut bob) = alice_bob_and_carol(&server);
     let mut bytes = frame(op::SEND, alice.next_id(), &req::send("bob", 2, "same batch").body);
     bytes.extend(frame(op::SEND, alice.next_id(), &req::send("bob", 3, "CRASH-AFTER-COMMIT").body));
     alice.write_raw(&bytes);

@@ -1316,6 +1316,16 @@ pub fn without_new_friend_presence(pushes: Vec<Message>, friend: &str) -> Vec<Me
     pushes
 }
 
+/// alice and bob registered, logged in on their test devices and made friends, with nothing
+/// waiting for either.
+pub fn alice_and_bob(server: &TestServer) -> (Client, Client) {
+    server.register_all(&["alice", "bob"]);
+    let mut alice = server.device("alice");
+    let mut bob = server.device("bob");
+    make_friends(&mut alice, &mut bob);
+    (alice, bob)
+}
+
 /// Makes two logged-in users friends: `a` asks, `b` accepts; both see their friend event and
 /// acknowledge it, so neither has anything left to be pushed at a later login.
 pub fn make_friends(a: &mut Client, b: &mut Client) {
