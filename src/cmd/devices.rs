@@ -28,13 +28,13 @@ pub fn list(ctx: &mut Ctx, o: &mut Origin, me: UserId) -> Outcome {
 /// Forgets another of the user's devices; its connections are told and closed once the
 /// removal has committed.
 pub fn remove(ctx: &mut Ctx, o: &mut Origin, me: UserId, client_id: u64) -> Outcome {
-    let own = ctx.store.devices_of(me)?.into_iter().find(|d| d.id == o.device).map(|d| d.client_id);
-    if own == Some(client_id) {
-        return refuse(ErrorCode::InvalidArgument, "this connection's own device cannot be removed; log out instead");
-    }
-    let Some(device) = ctx.store.remove_device(me, client_id)? else {
+    let Some(device) = ctx.store.find_device(me, client_id)? else {
         return refuse(ErrorCode::NoSuchDevice, "you have no device with that id");
     };
+    if device == o.device {
+        return refuse(ErrorCode::InvalidArgument, "this connection's own device cannot be removed; log out instead");
+    }
+    ctx.store.remove_device(device)?;
     for token in ctx.world.sessions_of_device(me, device) {
         ctx.outbox.stage(token, FrameKind::Push, |b| {
             response::error(b, 0, ErrorCode::NoSuchDevice, "this device was removed by another of your devices")

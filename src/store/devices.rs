@@ -115,17 +115,16 @@ impl Store {
         }
     }
 
-    /// Forgets one of the user's devices; returns its server number if it existed.
-    pub fn remove_device(&mut self, user: UserId, client_id: u64) -> StoreResult<Option<DeviceId>> {
-        let found: Option<DeviceId> = self
-            .db
-            .prepare_cached("SELECT id FROM devices WHERE user_id = ?1 AND client_id = ?2")?
-            .query_row(params![user, client_id as i64], |r| r.get(0))
-            .optional()?;
-        if let Some(id) = found {
-            self.write(|db| db.prepare_cached("DELETE FROM devices WHERE id = ?1")?.execute([id]))?;
-        }
-        Ok(found)
+    /// The server's number for one of the user's devices, by the id its client chose.
+    pub fn find_device(&self, user: UserId, client_id: u64) -> StoreResult<Option<DeviceId>> {
+        let mut stmt = self.db.prepare_cached("SELECT id FROM devices WHERE user_id = ?1 AND client_id = ?2")?;
+        Ok(stmt.query_row(params![user, client_id as i64], |r| r.get(0)).optional()?)
+    }
+
+    /// Forgets a device.
+    pub fn remove_device(&mut self, device: DeviceId) -> StoreResult<()> {
+        self.write(|db| db.prepare_cached("DELETE FROM devices WHERE id = ?1")?.execute([device]))?;
+        Ok(())
     }
 
     fn expire_devices_of(&mut self, user: UserId, before_ms: i64) -> StoreResult<()> {
