@@ -32,12 +32,20 @@ pub struct Acceptor {
     stalled_since: Option<Instant>,
     /// `--out-of-fds-wait`.
     wait: Duration,
+    /// Whether a refused client can read a frame in clear (not on a TLS listener, where it
+    /// expects a handshake: it is only closed).
+    answers_in_clear: bool,
 }
 
 impl Acceptor {
     pub fn bind(address: SocketAddr, wait: Duration) -> io::Result<Acceptor> {
         let listener = TcpListener::bind(address)?;
-        Ok(Acceptor { listener, spare: open_spare(), stalled_since: None, wait })
+        Ok(Acceptor { listener, spare: open_spare(), stalled_since: None, wait, answers_in_clear: true })
+    }
+
+    /// Binds a listener whose clients speak TLS.
+    pub fn bind_tls(address: SocketAddr, wait: Duration) -> io::Result<Acceptor> {
+        Ok(Acceptor { answers_in_clear: false, ..Acceptor::bind(address, wait)? })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -96,7 +104,9 @@ impl Acceptor {
         let drained = loop {
             match self.listener.accept() {
                 Ok((socket, _)) => {
-                    refuse(socket, "the server has no room for another connection; try again later");
+                    if self.answers_in_clear {
+                        refuse(socket, "the server has no room for another connection; try again later");
+                    }
                     refused += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
@@ -111,8 +121,11 @@ impl Acceptor {
     }
 }
 
-/// Answers a connection that will not be served with `ERROR SERVER_FULL` and closes it.
-pub fn refuse(mut socket: TcpStream, message: &str) {
+/// Answers a connection that will not be served with `ERROR SERVER_FULL` and closes it. Only
+/// for a client accepted on the spare descriptor: it is closed at once to free that
+/// descriptor, so it cannot wait in the connection table for its answer to go through the
+/// outbox like every other error.
+fn refuse(mut socket: TcpStream, message: &str) {
     // What the client already sent is read and dropped: a socket closed with unread bytes is
     // reset, and a reset can destroy the answer before the client has read it.
     let _ = socket.read(&mut [0u8; 4096]);

@@ -17,6 +17,18 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
 
+    /// Address to listen on for TLS (TLS 1.3 and 1.2); needs --tls-cert and --tls-key.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// PEM file with the TLS certificate chain, leaf first. Read again on SIGHUP.
+    #[arg(long, requires = "tls_listen")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1). Read again on SIGHUP.
+    #[arg(long, requires = "tls_listen")]
+    pub tls_key: Option<PathBuf>,
+
     /// SQLite database file; created with the schema if missing.
     #[arg(long, default_value = "./im-server.db", global = true)]
     pub db: PathBuf,

@@ -12,14 +12,16 @@
 //! - [`outbox`]: frames produced while handling a batch, held until the batch has committed.
 //! - [`cmd`]: one file per command family; each parses, applies to store and world, answers.
 //! - [`sync`]: the paged push of a user's offline backlog after login.
-//! - [`conn`]: one connection — socket, state machine, read buffer, write queue.
+//! - [`session`]: the protocol state of one connection — hello, login, user, device, timers.
+//! - [`transport`]: how bytes arrive and leave — plain TCP or TLS; read buffer, write queue.
+//! - [`conns`]: the table of connections, the sets the loop works through, the one close path.
 //! - [`acceptor`]: taking new connections, and surviving the lack of file descriptors.
 //! - [`server`]: the mio poll loop — accept, read, dispatch, commit, flush, close.
 
 pub mod acceptor;
 pub mod cmd;
 pub mod config;
-pub mod conn;
+pub mod conns;
 pub mod limits;
 pub mod login_throttle;
 pub mod outbox;
@@ -27,6 +29,8 @@ pub mod protocol;
 pub mod retry;
 pub mod scram;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod sync;
+pub mod transport;
 pub mod world;

@@ -40,8 +40,12 @@ fn main() -> ExitCode {
     match server.local_addr() {
         Ok(addr) => {
             println!("listening on {addr}");
-            let _ = std::io::stdout().flush();
             log::info!("listening on {addr}");
+            if let Some(tls) = server.tls_addr() {
+                println!("listening for TLS on {tls}");
+                log::info!("listening for TLS on {tls}");
+            }
+            let _ = std::io::stdout().flush();
         }
         Err(e) => {
             log::error!("cannot read the bound address: {e}");

@@ -1,11 +1,11 @@
 //! HELLO, PING, REGISTER, the two SCRAM login steps, and LOGOUT.
 
 use super::{Ctx, Origin, Outcome, Refusal, name_of, notify, refuse};
-use crate::conn::{CloseReason, ConnState, PendingLogin};
 use crate::protocol::request::Registration;
 use crate::protocol::response::{self, ServerLimits};
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION};
 use crate::scram::{self, KEY_LEN, Key, SERVER_NONCE_LEN};
+use crate::session::{CloseReason, PendingLogin};
 use crate::store::{DeviceRefusal, NewUser, UserId};
 use crate::sync::{Backlog, BacklogOwner};
 use crate::world::World;
@@ -22,10 +22,10 @@ pub fn ping(ctx: &mut Ctx, o: &mut Origin) -> Outcome {
 
 pub fn hello(ctx: &mut Ctx, o: &mut Origin, version: u16) -> Outcome {
     if version != PROTOCOL_VERSION {
-        o.conn.close(CloseReason::ProtocolError);
+        o.session.close(CloseReason::ProtocolError);
         return refuse(ErrorCode::UnsupportedVersion, "this server speaks protocol version 2 only");
     }
-    o.conn.state = ConnState::Unauthenticated;
+    o.session.hello_accepted();
     let limits = ServerLimits {
         max_frame: ctx.config.max_frame,
         max_frame_before_login: ctx.config.max_frame_before_login,
@@ -80,7 +80,7 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
 /// counts, whatever its answer: USERNAME_TAKEN tells whether a name exists, so probing names
 /// costs what registering does.
 fn count_registration(ctx: &mut Ctx, o: &Origin) -> Outcome {
-    let peer = o.conn.peer;
+    let peer = o.session.peer;
     if !ctx.config.limits_registrations_from(peer) {
         return Ok(());
     }
@@ -124,14 +124,14 @@ pub fn login_start(ctx: &mut Ctx, o: &mut Origin, username: &str, client_nonce: 
     nonce.extend_from_slice(&server_nonce);
     let auth_message = scram::auth_message(username, client_nonce, &salt, iterations, &nonce);
     let pending = PendingLogin { name_key, user, stored_key, server_key, auth_message };
-    o.conn.state = ConnState::Authenticating(Box::new(pending));
+    o.session.login_started(pending);
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::login_challenge(b, id, &salt, iterations, &nonce));
     Ok(())
 }
 
 pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64, device_name: &str) -> Outcome {
-    let ConnState::Authenticating(pending) = std::mem::replace(&mut o.conn.state, ConnState::Unauthenticated) else {
+    let Some(pending) = o.session.take_pending_login() else {
         return refuse(ErrorCode::InvalidState, "LOGIN_FINISH needs a LOGIN_START first");
     };
     if device_id == 0 || !(1..=64).contains(&device_name.chars().count()) {
@@ -141,14 +141,13 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64,
     check_failed_logins(ctx, o, &pending.name_key)?;
     let verified = scram::verify_proof(&pending.stored_key, &pending.auth_message, proof);
     if verified {
-        ctx.world.failed_logins.succeeded(&pending.name_key, o.conn.peer);
+        ctx.world.failed_logins.succeeded(&pending.name_key, o.session.peer);
     }
     let Some((user, name)) = pending.user.filter(|_| verified) else {
-        ctx.world.failed_logins.failed(&pending.name_key, o.conn.peer, &ctx.config.login_limits(), ctx.now);
-        o.conn.failed_logins += 1;
-        if o.conn.failed_logins >= MAX_FAILED_LOGINS {
+        ctx.world.failed_logins.failed(&pending.name_key, o.session.peer, &ctx.config.login_limits(), ctx.now);
+        if o.session.login_failed() >= MAX_FAILED_LOGINS {
             log::info!("closing a connection after {MAX_FAILED_LOGINS} failed logins");
-            o.conn.close(CloseReason::TooManyAttempts);
+            o.session.close(CloseReason::TooManyAttempts);
             return refuse(ErrorCode::TooManyAttempts, "too many failed logins; the connection is closed");
         }
         return refuse(ErrorCode::AuthFailed, "wrong username or password");
@@ -178,15 +177,14 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64,
     let friends: Vec<UserId> =
         ctx.world.user(user).map(|u| u.friends.values().map(|f| f.id).collect()).unwrap_or_default();
     notify::presence(ctx, &name, change, &friends);
-    o.conn.state = ConnState::Authenticated { user, device: device.id };
-    o.conn.sent_through = device.delivered_up_to;
-    o.conn.backlog = Some(Box::new(Backlog::new(BacklogOwner {
+    let backlog = Backlog::new(BacklogOwner {
         user,
         user_name: name.as_str().into(),
         device: device.id,
         position: device.delivered_up_to,
         cap: ctx.config.device_backlog_cap,
-    })));
+    });
+    o.session.logged_in(user, device.id, device.delivered_up_to, backlog);
     log::debug!("user {user} logged in");
     Ok(())
 }
@@ -194,7 +192,7 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64,
 /// Refuses a login from a source that failed too often lately, as this account or as any
 /// (`--login-failures-per-account`, `--login-failures-per-address`).
 fn check_failed_logins(ctx: &Ctx, o: &Origin, name_key: &str) -> Outcome {
-    ctx.world.failed_logins.check(name_key, o.conn.peer, ctx.now).map_err(|wait| {
+    ctx.world.failed_logins.check(name_key, o.session.peer, ctx.now).map_err(|wait| {
         Refusal::RetryLater(ErrorCode::LoginThrottled, wait, "too many failed logins from your address; wait")
     })
 }
@@ -210,10 +208,7 @@ pub fn end_session(ctx: &mut Ctx, token: crate::world::Token, user: UserId) {
 
 pub fn logout(ctx: &mut Ctx, o: &mut Origin, user: UserId) -> Outcome {
     end_session(ctx, o.token, user);
-    o.conn.state = ConnState::Unauthenticated;
-    o.conn.unauthenticated_since = ctx.now;
-    o.conn.backlog = None;
-    o.conn.sent_through = 0;
+    o.session.logged_out(ctx.now);
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
     Ok(())

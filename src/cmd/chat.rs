@@ -120,7 +120,7 @@ fn check_recipient_queue(ctx: &mut Ctx, recipient: UserId) -> Outcome {
 pub fn ack(ctx: &mut Ctx, o: &mut Origin, me: UserId, up_to: u64) -> Outcome {
     // A position never passes what this connection was sent: acknowledging an id it has not
     // received (a SENT's id, or the future) would lose the items below it.
-    let up_to = (up_to.min(i64::MAX as u64) as i64).min(o.conn.sent_through);
+    let up_to = (up_to.min(i64::MAX as u64) as i64).min(o.session.sent_through());
     ctx.store.acknowledge(o.device, up_to, ctx.now_ms)?;
     if let Some(undelivered) = ctx.world.undelivered.get_mut(&me) {
         if undelivered.complete {

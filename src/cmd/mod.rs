@@ -1,6 +1,8 @@
 //! Commands: one file per family. Each handler parses nothing itself (the protocol module
-//! decoded the request), checks the connection's right to it, applies it to the store and the
-//! world, and stages its answer and pushes in the outbox. No handler does socket IO.
+//! decoded the request), checks the session's right to it, applies it to the store and the
+//! world, and stages its answer and pushes in the outbox. No handler sees a socket:
+//! [`handle_frames`] takes bytes and a [`Session`], so the whole layer runs without a network
+//! (the fuzz target and the unit tests below drive it that way).
 
 mod auth;
 mod caps;
@@ -14,13 +16,60 @@ mod notify;
 pub use auth::end_session;
 
 use crate::config::Config;
-use crate::conn::{Conn, ConnState};
 use crate::outbox::Outbox;
+use crate::protocol::frame::{self, FrameCheck};
 use crate::protocol::{ErrorCode, FrameHeader, Request, response};
+use crate::session::{CloseReason, Session, SessionState};
 use crate::store::{DeviceId, Store, StoreError, UserId};
 use crate::world::{Token, World};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Everything a command may touch besides its own connection.
+/// What commands work on, owned by the server: the store, the live state, the outbox.
+pub struct Core {
+    pub store: Store,
+    pub world: World,
+    pub outbox: Outbox,
+    pub config: Config,
+    pub server_secret: Vec<u8>,
+}
+
+impl Core {
+    /// Opens the live state over `store`: forgets expired devices and rebuilds the retry
+    /// window from the newest sends.
+    pub fn new(config: Config, mut store: Store) -> Result<Core, String> {
+        let server_secret = store.server_secret().map_err(|e| e.to_string())?;
+        let expired = store.expire_devices(config.device_expiry_before(wall_clock_ms())).map_err(|e| e.to_string())?;
+        if !store.finish_iteration() {
+            return Err("cannot forget expired devices".into());
+        }
+        if expired > 0 {
+            log::info!("forgot {expired} devices not seen for {} days", config.device_expiry_days);
+        }
+        let mut world = World::new(config.dedup_window);
+        world.retries.rebuild(&store).map_err(|e| e.to_string())?;
+        Ok(Core { store, world, outbox: Outbox::default(), config, server_secret })
+    }
+
+    /// The context of one loop iteration, at `now`.
+    pub fn ctx(&mut self, now: Instant) -> Ctx<'_> {
+        Ctx {
+            store: &mut self.store,
+            world: &mut self.world,
+            outbox: &mut self.outbox,
+            config: &self.config,
+            server_secret: &self.server_secret,
+            now_ms: wall_clock_ms(),
+            now,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the time stamps stored with messages and devices.
+pub fn wall_clock_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Everything a command may touch besides its own session.
 pub struct Ctx<'a> {
     pub store: &'a mut Store,
     pub world: &'a mut World,
@@ -30,7 +79,7 @@ pub struct Ctx<'a> {
     /// Wall-clock time of this loop iteration, in milliseconds since the Unix epoch.
     pub now_ms: i64,
     /// Monotonic time of this loop iteration, for limits.
-    pub now: std::time::Instant,
+    pub now: Instant,
 }
 
 /// The connection a request arrived on.
@@ -40,7 +89,7 @@ pub struct Origin<'c> {
     /// The device of a logged-in connection (0 before login): what it makes is not sent back
     /// to it as an item.
     pub device: DeviceId,
-    pub conn: &'c mut Conn,
+    pub session: &'c mut Session,
 }
 
 /// A handler's failure: an error code and a sentence, or a database failure.
@@ -63,14 +112,58 @@ pub fn refuse(code: ErrorCode, message: &'static str) -> Outcome {
     Err(Refusal::Error(code, message))
 }
 
+/// What [`handle_frames`] did with the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    /// Bytes of whole frames consumed; the rest waits for more bytes (or for the pause to end).
+    pub used: usize,
+    /// The connection's output passed the soft limit: read no more until it drains.
+    pub paused: bool,
+}
+
+/// Handles every complete frame at the front of `data`, which arrived on connection `token`
+/// with `queued` bytes already waiting in its write queue. Stops when the session is closed
+/// or its output (queued plus staged in this call) passes the soft limit: a client that
+/// writes without reading gets no unbounded buffering.
+pub fn handle_frames(ctx: &mut Ctx, token: Token, session: &mut Session, queued: usize, data: &[u8]) -> Handled {
+    let mut used = 0;
+    let staged_at_start = ctx.outbox.staged_bytes();
+    while session.closing().is_none() {
+        if queued + (ctx.outbox.staged_bytes() - staged_at_start) > ctx.config.write_queue_soft_limit {
+            return Handled { used, paused: true };
+        }
+        let limit = if session.is_authenticated() { ctx.config.max_frame } else { ctx.config.max_frame_before_login };
+        match frame::check(&data[used..], limit) {
+            FrameCheck::Incomplete => break,
+            FrameCheck::TooLarge { length } => {
+                let message = format!("frame of {length} bytes exceeds the limit of {limit}");
+                log::debug!("connection {token}: {message}");
+                ctx.outbox.error(token, 0, ErrorCode::FrameTooLarge, &message);
+                session.close(CloseReason::ProtocolError);
+            }
+            FrameCheck::TooShort { length } => {
+                log::debug!("connection {token}: frame length {length} is below 5");
+                ctx.outbox.error(token, 0, ErrorCode::MalformedFrame, "a frame length must be at least 5");
+                session.close(CloseReason::ProtocolError);
+            }
+            FrameCheck::Complete { total } => {
+                session.frame_received(ctx.now);
+                dispatch(ctx, token, session, FrameHeader::parse(&data[used..used + total]));
+                used += total;
+            }
+        }
+    }
+    Handled { used, paused: false }
+}
+
 /// Handles one complete frame from a connection.
-pub fn dispatch(ctx: &mut Ctx, token: Token, conn: &mut Conn, frame: FrameHeader) {
+fn dispatch(ctx: &mut Ctx, token: Token, session: &mut Session, frame: FrameHeader) {
     ctx.outbox.begin_command();
     ctx.store.begin_batch();
     let writes_before = ctx.store.write_count();
     let request_id = frame.request_id;
-    let device = conn.device().unwrap_or(0);
-    let mut origin = Origin { token, request_id, device, conn };
+    let device = session.device().unwrap_or(0);
+    let mut origin = Origin { token, request_id, device, session };
     let outcome = match Request::decode(frame.opcode, frame.body) {
         Ok(request) => route(ctx, &mut origin, request),
         Err(e) => refuse(ErrorCode::MalformedFrame, e.describe()),
@@ -96,26 +189,26 @@ pub fn dispatch(ctx: &mut Ctx, token: Token, conn: &mut Conn, frame: FrameHeader
     ctx.outbox.end_command(ctx.store.write_count() != writes_before);
 }
 
-/// Checks the request against the connection's state (PROTOCOL.md §2) and runs it.
+/// Checks the request against the session's state (PROTOCOL.md §2) and runs it.
 fn route(ctx: &mut Ctx, o: &mut Origin, request: Request) -> Outcome {
     use Request as R;
-    match (&o.conn.state, request) {
+    match (o.session.state(), request) {
         (_, R::Unknown { .. }) => refuse(ErrorCode::UnknownOpcode, "unknown opcode"),
         (_, R::Ping) => auth::ping(ctx, o),
-        (ConnState::AwaitHello, R::Hello { version }) => auth::hello(ctx, o, version),
-        (ConnState::AwaitHello, _) => refuse(ErrorCode::HelloRequired, "send HELLO first"),
+        (SessionState::AwaitHello, R::Hello { version }) => auth::hello(ctx, o, version),
+        (SessionState::AwaitHello, _) => refuse(ErrorCode::HelloRequired, "send HELLO first"),
         (_, R::Hello { .. }) => refuse(ErrorCode::InvalidState, "HELLO was already sent"),
-        (ConnState::Unauthenticated, R::Register(r)) => auth::register(ctx, o, &r),
-        (ConnState::Unauthenticated, R::LoginStart { username, client_nonce }) => {
+        (SessionState::Unauthenticated, R::Register(r)) => auth::register(ctx, o, &r),
+        (SessionState::Unauthenticated, R::LoginStart { username, client_nonce }) => {
             auth::login_start(ctx, o, username, client_nonce)
         }
-        (ConnState::Authenticating(_), R::LoginFinish { client_proof, device_id, device_name }) => {
+        (SessionState::Authenticating(_), R::LoginFinish { client_proof, device_id, device_name }) => {
             auth::login_finish(ctx, o, client_proof, device_id, device_name)
         }
         (_, R::Register(_) | R::LoginStart { .. } | R::LoginFinish { .. }) => {
             refuse(ErrorCode::InvalidState, "that login step is not expected now")
         }
-        (&ConnState::Authenticated { user, .. }, request) => authenticated(ctx, o, user, request),
+        (&SessionState::Authenticated { user, .. }, request) => authenticated(ctx, o, user, request),
         (_, _) => refuse(ErrorCode::NotAuthenticated, "log in first"),
     }
 }
