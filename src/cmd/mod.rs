@@ -12,6 +12,8 @@ mod friends;
 mod groups;
 mod history;
 mod notify;
+#[cfg(test)]
+mod tests;
 
 pub use auth::end_session;
 
