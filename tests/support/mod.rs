@@ -12,6 +12,8 @@
 //! Every test file includes this module, and none uses all of it.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -743,6 +745,8 @@ pub struct TestServer {
     child: Option<Child>,
     pid: u32,
     pub port: u16,
+    /// The `--tls-listen` port, when the test asked for one.
+    pub tls_port: Option<u16>,
     dir: Option<TempDir>,
 }
 
@@ -810,9 +814,16 @@ impl TestServer {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut first_line = String::new();
         stdout.read_line(&mut first_line).expect("read the server's first line");
+        let mut tls_port = None;
+        if args.contains(&"--tls-listen") {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read the server's TLS line");
+            let address = line.trim().strip_prefix("listening for TLS on ").unwrap_or_else(|| panic!("{line:?}"));
+            tls_port = address.rsplit(':').next().and_then(|port| port.parse().ok());
+        }
         // Keep draining stdout so the server never blocks on a full pipe.
         thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
-        let mut server = TestServer { child: Some(child), pid, port: 0, dir: Some(dir) };
+        let mut server = TestServer { child: Some(child), pid, port: 0, tls_port, dir: Some(dir) };
         let address = first_line
             .trim()
             .strip_prefix("listening on ")
@@ -941,6 +952,19 @@ impl TestServer {
         (status, self.dir.take().unwrap())
     }
 
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        let dir = self.dir.as_ref().expect("server running");
+        String::from_utf8_lossy(&std::fs::read(dir.path().join("server.log")).unwrap_or_default()).into_owned()
+    }
+
+    /// Sends a signal by name (`HUP`, `USR1`...) without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").args([&format!("-{name}"), &self.pid.to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     fn log_tail(&self) -> String {
         let Some(dir) = &self.dir else {
             return String::new();
@@ -1002,7 +1026,7 @@ impl Client {
         Self::over(socket.into())
     }
 
-    fn over(stream: TcpStream) -> Self {
+    pub fn over(stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
