@@ -43,8 +43,9 @@ impl Acceptor {
         Ok(Acceptor { listener, spare: open_spare(), stalled_since: None, wait, answers_in_clear: true })
     }
 
-    /// Binds a listener whose clients speak TLS.
-    pub fn bind_tls(address: SocketAddr, wait: Duration) -> io::Result<Acceptor> {
+    /// Binds a listener whose clients do not expect a frame first (TLS, HTTP): a client
+    /// refused for want of a descriptor is only closed.
+    pub fn bind_silent(address: SocketAddr, wait: Duration) -> io::Result<Acceptor> {
         Ok(Acceptor { answers_in_clear: false, ..Acceptor::bind(address, wait)? })
     }
 

@@ -29,6 +29,16 @@ pub struct Config {
     #[arg(long, requires = "tls_listen")]
     pub tls_key: Option<PathBuf>,
 
+    /// Address to serve the browser client on, in plain HTTP: `GET /` is the page, `GET /ws`
+    /// its WebSocket. The TLS listener serves them too (https, wss).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Another origin (scheme://host[:port]) whose pages may open the WebSocket, besides the
+    /// page's own; repeat for several.
+    #[arg(long)]
+    pub web_origin: Vec<String>,
+
     /// SQLite database file; created with the schema if missing.
     #[arg(long, default_value = "./im-server.db", global = true)]
     pub db: PathBuf,

@@ -402,6 +402,7 @@ impl Conns {
             self.dirty.remove(&token);
             self.paused.remove(&token);
             self.read_again.remove(&token);
+            conn.transport.goodbye(conn.session.closing() == Some(CloseReason::ShuttingDown));
             conn.transport.drain_input(scratch);
             let _ = registry.deregister(conn.transport.socket());
             log::debug!("connection {token} closed: {:?}", conn.session.closing());

@@ -13,7 +13,9 @@
 //! - [`cmd`]: one file per command family; each parses, applies to store and world, answers.
 //! - [`sync`]: the paged push of a user's offline backlog after login.
 //! - [`session`]: the protocol state of one connection — hello, login, user, device, timers.
-//! - [`transport`]: how bytes arrive and leave — plain TCP or TLS; read buffer, write queue.
+//! - [`transport`]: how bytes arrive and leave — plain TCP or TLS, frames as they are or in
+//!   WebSocket messages; read buffer, write queue.
+//! - [`http`]: the browser client's files and the WebSocket upgrade, one request per connection.
 //! - [`conns`]: the table of connections, the sets the loop works through, the one close path.
 //! - [`acceptor`]: taking new connections, and surviving the lack of file descriptors.
 //! - [`server`]: the mio poll loop — accept, read, dispatch, commit, flush, close.
@@ -22,6 +24,7 @@ pub mod acceptor;
 pub mod cmd;
 pub mod config;
 pub mod conns;
+pub mod http;
 pub mod limits;
 pub mod login_throttle;
 pub mod outbox;

@@ -45,6 +45,10 @@ fn main() -> ExitCode {
                 println!("listening for TLS on {tls}");
                 log::info!("listening for TLS on {tls}");
             }
+            if let Some(http) = server.http_addr() {
+                println!("listening for HTTP on {http}");
+                log::info!("listening for HTTP on {http}");
+            }
             let _ = std::io::stdout().flush();
         }
         Err(e) => {

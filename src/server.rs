@@ -10,10 +10,11 @@ use crate::acceptor::Acceptor;
 use crate::cmd::{self, Core};
 use crate::config::Config;
 use crate::conns::Conns;
+use crate::http;
 use crate::protocol::ErrorCode;
 use crate::session::{CloseReason, Session};
 use crate::store::Store;
-use crate::transport::{ReadEnd, Stream, Transport, tls};
+use crate::transport::{Codec, ReadEnd, Stream, Transport, tls};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 const PLAIN_LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const TLS_LISTENER: Token = Token(usize::MAX - 3);
+const HTTP_LISTENER: Token = Token(usize::MAX - 4);
 /// Bytes read per `read` call, into a buffer shared by all connections.
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one connection per iteration before the others get their turn.
@@ -37,6 +39,15 @@ struct Listener {
     /// `None` for plain text; for TLS, the configuration new connections get (replaced on
     /// SIGHUP, while connections keep the one they started with).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// What its clients speak first: frames, HTTP, or either (TLS).
+    speaks: Speaks,
+}
+
+#[derive(Clone, Copy)]
+enum Speaks {
+    Frames,
+    Http,
+    FramesOrHttp,
 }
 
 pub struct Server {
@@ -58,14 +69,22 @@ impl Server {
     pub fn bind(config: Config, store: Store) -> io::Result<Server> {
         let poll = Poll::new()?;
         let wait = Duration::from_secs(config.out_of_fds_wait);
-        let mut listeners =
-            vec![(PLAIN_LISTENER, Listener { acceptor: Acceptor::bind(config.listen, wait)?, tls: None })];
+        let plain = Listener { acceptor: Acceptor::bind(config.listen, wait)?, tls: None, speaks: Speaks::Frames };
+        let mut listeners = vec![(PLAIN_LISTENER, plain)];
         if !config.listen.ip().is_loopback() {
             log::warn!("{} accepts plain text from the network: use --tls-listen for clients elsewhere", config.listen);
         }
         if let (Some(address), Some(cert), Some(key)) = (config.tls_listen, &config.tls_cert, &config.tls_key) {
             let tls = tls::load_config(cert, key).map_err(io::Error::other)?;
-            listeners.push((TLS_LISTENER, Listener { acceptor: Acceptor::bind_tls(address, wait)?, tls: Some(tls) }));
+            let acceptor = Acceptor::bind_silent(address, wait)?;
+            listeners.push((TLS_LISTENER, Listener { acceptor, tls: Some(tls), speaks: Speaks::FramesOrHttp }));
+        }
+        if let Some(address) = config.http_listen {
+            if !address.ip().is_loopback() {
+                log::warn!("{address} serves the web client in plain HTTP: use --tls-listen for browsers elsewhere");
+            }
+            let acceptor = Acceptor::bind_silent(address, wait)?;
+            listeners.push((HTTP_LISTENER, Listener { acceptor, tls: None, speaks: Speaks::Http }));
         }
         for (token, listener) in &mut listeners {
             poll.registry().register(listener.acceptor.listener_mut(), *token, Interest::READABLE)?;
@@ -97,6 +116,11 @@ impl Server {
         self.address_of(TLS_LISTENER).ok()
     }
 
+    /// The HTTP address actually bound, when `--http-listen` was given.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.address_of(HTTP_LISTENER).ok()
+    }
+
     fn address_of(&self, token: Token) -> io::Result<SocketAddr> {
         let listener = self.listeners.iter().find(|(t, _)| *t == token);
         listener.map_or(Err(io::ErrorKind::NotConnected.into()), |(_, l)| l.acceptor.local_addr())
@@ -124,7 +148,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.take_signals(),
-                    token @ (PLAIN_LISTENER | TLS_LISTENER) => {
+                    token @ (PLAIN_LISTENER | TLS_LISTENER | HTTP_LISTENER) => {
                         if let Some(index) = self.listeners.iter().position(|(t, _)| *t == token) {
                             self.accept_all(index, now);
                         }
@@ -237,8 +261,13 @@ impl Server {
                     }
                 },
             };
+            let codec = match listener.speaks {
+                Speaks::Frames => Codec::Frames,
+                Speaks::Http => Codec::Http,
+                Speaks::FramesOrHttp => Codec::Sniff,
+            };
             let full = conns.len() >= core.config.max_connections;
-            let token = conns.insert(Session::new(addr.ip(), now), Transport::new(stream));
+            let token = conns.insert(Session::new(addr.ip(), now), Transport::new(stream, codec));
             if full {
                 log::warn!("refusing {addr}: {} connections open", conns.len() - 1);
                 core.outbox.error(token, 0, ErrorCode::ServerFull, "the server is full; try again later");
@@ -271,6 +300,25 @@ impl Server {
             ReadEnd::Failed(e) => {
                 log::debug!("connection {token}: read failed: {e}");
                 conns.close(token, CloseReason::IoError);
+            }
+            ReadEnd::HttpHead(head) => {
+                let site = http::Site { scheme: conn.transport.scheme(), extra_origins: &core.config.web_origin };
+                let answer = http::answer(&head, &site);
+                log::debug!("connection {token}: HTTP {}", answer.status);
+                let max_message = u64::from(core.config.max_frame) + 4;
+                conn.transport.answer_http(&answer.response, answer.upgrade, max_message);
+                if !answer.upgrade {
+                    conns.close(token, CloseReason::HttpAnswered);
+                }
+            }
+            ReadEnd::HttpHeadTooLarge => {
+                let answer = http::error(431, "Request Header Fields Too Large");
+                conn.transport.answer_http(&answer.response, false, 0);
+                conns.close(token, CloseReason::HttpAnswered);
+            }
+            ReadEnd::WebSocketEnded(violation) => {
+                log::debug!("connection {token}: {}", violation.describe());
+                conns.close(token, CloseReason::WebSocketEnded);
             }
             ReadEnd::Drained | ReadEnd::BudgetSpent | ReadEnd::Stopped => {}
         }

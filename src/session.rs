@@ -48,6 +48,10 @@ pub enum CloseReason {
     ServerFull,
     /// The store failed while the connection's backlog was read.
     StoreFailed,
+    /// An HTTP request was answered (anything but a WebSocket upgrade).
+    HttpAnswered,
+    /// The WebSocket was closed by the client, or refused for a violation of RFC 6455.
+    WebSocketEnded,
 }
 
 impl CloseReason {

@@ -165,3 +165,27 @@ fn frame_limits_apply_to_the_decrypted_stream() {
     client.write_raw(&[0, 0, 0x10, 0x01, op::PING, 0, 0, 0, 1]);
     client.assert_error_and_close(code::FRAME_TOO_LARGE);
 }
+
+#[test]
+fn the_tls_port_also_serves_the_page_and_its_websocket() {
+    let (certs, db) = certificate_dir();
+    let cert = tls::make_certificate(certs.path(), "server");
+    let server = tls_server(db, &cert, &[]);
+    let port = server.tls_port.unwrap();
+    let page = tls::exchange(port, &cert.cert, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    assert!(page.contains("Content-Security-Policy:"), "{page}");
+    // The page's own origin is https://<Host>; a page served over http may not connect.
+    let upgrade = |origin: &str| {
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
+        );
+        // The server keeps an upgraded connection open until the login timeout: ask for the
+        // answer's first line only, by closing after the head.
+        String::from_utf8_lossy(&tls::exchange(port, &cert.cert, head.as_bytes())).into_owned()
+    };
+    assert!(upgrade(&format!("https://localhost:{port}")).starts_with("HTTP/1.1 101"));
+    assert!(upgrade(&format!("http://localhost:{port}")).starts_with("HTTP/1.1 403"));
+}

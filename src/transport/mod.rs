@@ -1,4 +1,6 @@
-//! How bytes reach a connection and leave it, one file per way: [`plain`] TCP and [`tls`].
+//! How bytes reach a connection and leave it, one file per way: [`plain`] TCP and [`tls`]
+//! carry bytes; the protocol's frames travel on them as they are, or inside [`websocket`]
+//! messages after an HTTP upgrade.
 //!
 //! A [`Transport`] is the socket side of a connection behind one small interface: read bytes
 //! in (keeping the partial frame for the next read, within a read budget), queue bytes out,
@@ -7,8 +9,10 @@
 
 pub mod plain;
 pub mod tls;
+pub mod websocket;
 pub mod write_queue;
 
+use crate::http;
 use mio::Interest;
 use mio::net::TcpStream;
 use std::io;
@@ -16,10 +20,51 @@ use std::rc::Rc;
 use std::time::Instant;
 use write_queue::WriteQueue;
 
+/// Bytes of WebSocket messages prepared per write.
+const WEBSOCKET_BATCH: usize = 64 * 1024;
+
 /// The byte stream under a connection.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tls::TlsStream>),
+}
+
+impl Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => plain::read(socket, buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+
+    /// Writes bytes that are not protocol frames (an HTTP response, WebSocket frames); returns
+    /// how many were taken, 0 when the socket takes none now.
+    fn send(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => match io::Write::write(socket, data) {
+                Ok(0) if !data.is_empty() => Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => Ok(n),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(0),
+                Err(e) => Err(e),
+            },
+            Stream::Tls(tls) => tls.send(data),
+        }
+    }
+}
+
+/// What the bytes on the stream are.
+pub enum Codec {
+    /// The protocol's frames, as they are.
+    Frames,
+    /// The first bytes decide: `GET ` begins an HTTP request, anything else is frames (the TLS
+    /// listener serves both; no frame can start so, its length would be above a gigabyte).
+    Sniff,
+    /// An HTTP request head is arriving.
+    Http,
+    /// Frames inside WebSocket messages, after the upgrade.
+    WebSocket(Box<websocket::WebSocket>),
+    /// An HTTP response was queued; the connection closes once it is written.
+    Answered,
 }
 
 /// Why [`Transport::read`] stopped.
@@ -33,10 +78,19 @@ pub enum ReadEnd {
     Stopped,
     PeerClosed,
     Failed(io::Error),
+    /// A whole HTTP request head: the server answers it with [`Transport::answer_http`].
+    HttpHead(Vec<u8>),
+    /// A request head above [`http::MAX_HEAD`].
+    HttpHeadTooLarge,
+    /// The WebSocket was closed by the client or for a violation; its close frame is queued.
+    WebSocketEnded(websocket::Violation),
 }
 
 pub struct Transport {
     stream: Stream,
+    codec: Codec,
+    /// Bytes to write before any queued frame: an HTTP response, WebSocket frames.
+    raw_out: Vec<u8>,
     /// The start of a frame still arriving (or frames held back by a pause).
     read_buf: Vec<u8>,
     /// When the first byte of the frame still arriving came: the frame timeout counts from here.
@@ -46,9 +100,11 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(stream: Stream) -> Transport {
+    pub fn new(stream: Stream, codec: Codec) -> Transport {
         Transport {
             stream,
+            codec,
+            raw_out: Vec::new(),
             read_buf: Vec::new(),
             partial_frame_since: None,
             out: WriteQueue::default(),
@@ -64,9 +120,15 @@ impl Transport {
         }
     }
 
-    /// Whether no byte of the protocol can pass yet (a TLS handshake is under way).
+    /// Whether no frame of the protocol can reach the client yet (a TLS handshake or an HTTP
+    /// request is under way), so that a closing connection need not wait for its last frames.
     pub fn is_handshaking(&self) -> bool {
-        matches!(&self.stream, Stream::Tls(tls) if tls.is_handshaking())
+        matches!(&self.stream, Stream::Tls(tls) if tls.is_handshaking()) || matches!(self.codec, Codec::Http)
+    }
+
+    /// Whether protocol frames can be carried now (not while HTTP is spoken).
+    fn carries_frames(&self) -> bool {
+        matches!(self.codec, Codec::Frames | Codec::Sniff | Codec::WebSocket(_))
     }
 
     /// Reads into `scratch` until the socket would block or `budget` bytes have arrived,
@@ -82,9 +144,9 @@ impl Transport {
     ) -> ReadEnd {
         let mut pending = std::mem::take(&mut self.read_buf);
         let mut go_on = true;
-        if !pending.is_empty() {
+        if !pending.is_empty() && matches!(self.codec, Codec::Frames | Codec::WebSocket(_)) {
             // Frames held back by a pause go first.
-            let (used, more) = handle(&pending, self.out.queued_bytes());
+            let (used, more) = handle(&pending, self.queued_bytes());
             self.consumed(used);
             pending.drain(..used);
             go_on = more;
@@ -97,27 +159,13 @@ impl Transport {
             if budget == 0 {
                 break ReadEnd::BudgetSpent;
             }
-            let read = match &mut self.stream {
-                Stream::Plain(socket) => plain::read(socket, scratch),
-                Stream::Tls(tls) => tls.read(scratch),
-            };
-            match read {
+            match self.stream.read(scratch) {
                 Ok(0) => break ReadEnd::PeerClosed,
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    let queued = self.out.queued_bytes();
-                    if pending.is_empty() {
-                        // The common case: parse straight from the shared buffer, keep only a tail.
-                        let (used, more) = handle(&scratch[..n], queued);
-                        self.consumed(used);
-                        pending.extend_from_slice(&scratch[used..n]);
-                        go_on = more;
-                    } else {
-                        pending.extend_from_slice(&scratch[..n]);
-                        let (used, more) = handle(&pending, queued);
-                        self.consumed(used);
-                        pending.drain(..used);
-                        go_on = more;
+                    match self.take_bytes(&scratch[..n], &mut pending, &mut handle) {
+                        Ok(more) => go_on = more,
+                        Err(end) => break end,
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break ReadEnd::Drained,
@@ -127,6 +175,108 @@ impl Transport {
         };
         self.keep_read_buf(pending, now);
         end
+    }
+
+    /// Passes bytes just read through the codec to `handle`; `pending` holds what an earlier
+    /// read left. Returns whether to go on reading, or why to stop.
+    fn take_bytes(
+        &mut self,
+        data: &[u8],
+        pending: &mut Vec<u8>,
+        handle: &mut impl FnMut(&[u8], usize) -> (usize, bool),
+    ) -> Result<bool, ReadEnd> {
+        let queued = self.queued_bytes();
+        match &mut self.codec {
+            Codec::Frames if pending.is_empty() => {
+                // The common case: parse straight from the shared buffer, keep only a tail.
+                let (used, more) = handle(data, queued);
+                self.consumed(used);
+                pending.extend_from_slice(&data[used..]);
+                Ok(more)
+            }
+            Codec::Frames => {
+                pending.extend_from_slice(data);
+                Ok(self.handle_pending(pending, handle))
+            }
+            Codec::WebSocket(ws) => {
+                if let Err(violation) = ws.decode(data, pending, &mut self.raw_out) {
+                    return Err(ReadEnd::WebSocketEnded(violation));
+                }
+                Ok(self.handle_pending(pending, handle))
+            }
+            Codec::Sniff => {
+                pending.extend_from_slice(data);
+                if pending.len() < 4 {
+                    return Ok(true);
+                }
+                if pending.starts_with(b"GET ") {
+                    self.codec = Codec::Http;
+                    return self.take_http(pending);
+                }
+                self.codec = Codec::Frames;
+                Ok(self.handle_pending(pending, handle))
+            }
+            Codec::Http => {
+                pending.extend_from_slice(data);
+                self.take_http(pending)
+            }
+            // A response is on its way and the connection closes after it: the rest is dropped.
+            Codec::Answered => Ok(true),
+        }
+    }
+
+    fn handle_pending(
+        &mut self,
+        pending: &mut Vec<u8>,
+        handle: &mut impl FnMut(&[u8], usize) -> (usize, bool),
+    ) -> bool {
+        let (used, more) = handle(pending, self.queued_bytes());
+        self.consumed(used);
+        pending.drain(..used);
+        more
+    }
+
+    /// Stops reading once a request head is complete; the bytes after it stay pending.
+    fn take_http(&mut self, pending: &mut Vec<u8>) -> Result<bool, ReadEnd> {
+        match http::head_length(pending) {
+            http::Head::Incomplete => Ok(true),
+            http::Head::TooLarge => {
+                pending.clear();
+                Err(ReadEnd::HttpHeadTooLarge)
+            }
+            http::Head::Complete(length) => Err(ReadEnd::HttpHead(pending.drain(..length).collect())),
+        }
+    }
+
+    /// Queues the answer to the HTTP request; an upgrade turns the stream into WebSocket
+    /// messages of at most `max_message` bytes, anything else closes after the answer.
+    pub fn answer_http(&mut self, response: &[u8], upgrade: bool, max_message: u64) {
+        self.raw_out.extend_from_slice(response);
+        self.codec = if upgrade {
+            Codec::WebSocket(Box::new(websocket::WebSocket::new(max_message)))
+        } else {
+            self.read_buf = Vec::new();
+            Codec::Answered
+        };
+    }
+
+    /// Queues the last bytes of a connection the server closes: a WebSocket's close frame.
+    pub fn goodbye(&mut self, going_away: bool) {
+        if let Codec::WebSocket(ws) = &mut self.codec {
+            ws.goodbye(&mut self.raw_out, going_away);
+        }
+        let _ = self.flush();
+        if let Stream::Tls(tls) = &mut self.stream {
+            tls.close_notify();
+        }
+    }
+
+    /// The scheme a page served on this stream was loaded with.
+    pub fn scheme(&self) -> &'static str {
+        match self.stream {
+            Stream::Plain(_) => "http",
+            Stream::Tls(_) => "https",
+        }
     }
 
     /// Whole frames were consumed: whatever follows starts a new frame, and its timeout.
@@ -162,14 +312,19 @@ impl Transport {
         }
     }
 
-    /// Appends frame bytes to the write queue.
+    /// Appends frame bytes to the write queue (dropped while HTTP is spoken: a client that
+    /// has not upgraded cannot read them).
     pub fn queue(&mut self, bytes: &[u8]) {
-        self.out.push(bytes);
+        if self.carries_frames() {
+            self.out.push(bytes);
+        }
     }
 
     /// Appends a frame shared with other connections, without copying it.
     pub fn queue_shared(&mut self, frame: &Rc<[u8]>) {
-        self.out.push_shared(frame);
+        if self.carries_frames() {
+            self.out.push_shared(frame);
+        }
     }
 
     /// Replaces everything not yet begun on the wire with `frame`, the last frame sent.
@@ -180,23 +335,45 @@ impl Transport {
     /// Drops everything queued and accepts nothing more: for a socket nothing can reach.
     pub fn discard_output(&mut self) {
         self.out.discard();
+        self.raw_out = Vec::new();
     }
 
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
-        self.out.queued_bytes()
+        self.out.queued_bytes() + self.raw_out.len()
     }
 
-    /// Whether a flush has anything to do: queued frames, or TLS records of its own.
+    /// Whether a flush has anything to do: queued frames, other bytes, or TLS records.
     pub fn wants_flush(&self) -> bool {
-        !self.out.is_empty() || matches!(&self.stream, Stream::Tls(tls) if tls.wants_write())
+        !self.out.is_empty()
+            || !self.raw_out.is_empty()
+            || matches!(&self.stream, Stream::Tls(tls) if tls.wants_write())
     }
 
     /// Writes as much as the socket takes now.
     pub fn flush(&mut self) -> io::Result<()> {
-        match &mut self.stream {
-            Stream::Plain(socket) => plain::flush(socket, &mut self.out),
-            Stream::Tls(tls) => tls.flush(&mut self.out),
+        match (&mut self.stream, &self.codec) {
+            (Stream::Plain(socket), Codec::Frames | Codec::Sniff) => plain::flush(socket, &mut self.out),
+            (Stream::Tls(tls), Codec::Frames | Codec::Sniff | Codec::Http) => tls.flush(&mut self.out),
+            (Stream::Plain(_), Codec::Http) => Ok(()),
+            (_, Codec::WebSocket(_) | Codec::Answered) => loop {
+                while !self.raw_out.is_empty() {
+                    let sent = self.stream.send(&self.raw_out)?;
+                    if sent == 0 {
+                        return Ok(());
+                    }
+                    self.raw_out.drain(..sent);
+                }
+                if self.out.is_empty() || !self.carries_frames() {
+                    self.raw_out = Vec::new();
+                    // What TLS still holds is written here or at the next writable event.
+                    return match &mut self.stream {
+                        Stream::Tls(tls) => tls.send(&[]).map(drop),
+                        Stream::Plain(_) => Ok(()),
+                    };
+                }
+                websocket::encode_frames(&mut self.out, &mut self.raw_out, WEBSOCKET_BATCH);
+            },
         }
     }
 

@@ -93,19 +93,45 @@ impl TlsStream {
         }
     }
 
+    /// Writes what rustls holds; `Ok(false)` when the socket would take no more now.
+    fn write_pending(&mut self) -> io::Result<bool> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.socket) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Encrypts and writes bytes that are not queued frames (an HTTP response, WebSocket
+    /// frames), a record at a time; returns how many were taken, 0 when none can be now.
+    pub fn send(&mut self, data: &[u8]) -> io::Result<usize> {
+        if !self.write_pending()? || self.tls.is_handshaking() || data.is_empty() {
+            return Ok(0);
+        }
+        let n = data.len().min(RECORD_PLAINTEXT);
+        self.tls.writer().write_all(&data[..n])?;
+        self.write_pending()?;
+        Ok(n)
+    }
+
+    /// Tells the peer the session ends (best effort: the connection is being closed).
+    pub fn close_notify(&mut self) {
+        self.tls.send_close_notify();
+        let _ = self.write_pending();
+    }
+
     /// Writes what rustls holds, then encrypts and writes queued plaintext a record at a time
     /// while the socket takes it. Nothing is encrypted during the handshake: the queue keeps
     /// it, so its size stays what the output limits see.
     pub fn flush(&mut self, queue: &mut WriteQueue) -> io::Result<()> {
         loop {
-            while self.tls.wants_write() {
-                match self.tls.write_tls(&mut self.socket) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+            if !self.write_pending()? {
+                return Ok(());
             }
             if queue.is_empty() || self.tls.is_handshaking() {
                 self.record = Vec::new();

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod tls;
+pub mod websocket;
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
@@ -747,6 +748,8 @@ pub struct TestServer {
     pub port: u16,
     /// The `--tls-listen` port, when the test asked for one.
     pub tls_port: Option<u16>,
+    /// The `--http-listen` port, when the test asked for one.
+    pub http_port: Option<u16>,
     dir: Option<TempDir>,
 }
 
@@ -814,16 +817,21 @@ impl TestServer {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut first_line = String::new();
         stdout.read_line(&mut first_line).expect("read the server's first line");
-        let mut tls_port = None;
-        if args.contains(&"--tls-listen") {
+        // The extra listeners' lines follow the first, in this order.
+        let mut extra_port = |flag: &str, prefix: &str| {
+            if !args.contains(&flag) {
+                return None;
+            }
             let mut line = String::new();
-            stdout.read_line(&mut line).expect("read the server's TLS line");
-            let address = line.trim().strip_prefix("listening for TLS on ").unwrap_or_else(|| panic!("{line:?}"));
-            tls_port = address.rsplit(':').next().and_then(|port| port.parse().ok());
-        }
+            stdout.read_line(&mut line).expect("read the server's listening line");
+            let address = line.trim().strip_prefix(prefix).unwrap_or_else(|| panic!("{line:?}"));
+            address.rsplit(':').next().and_then(|port| port.parse().ok())
+        };
+        let tls_port = extra_port("--tls-listen", "listening for TLS on ");
+        let http_port = extra_port("--http-listen", "listening for HTTP on ");
         // Keep draining stdout so the server never blocks on a full pipe.
         thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
-        let mut server = TestServer { child: Some(child), pid, port: 0, tls_port, dir: Some(dir) };
+        let mut server = TestServer { child: Some(child), pid, port: 0, tls_port, http_port, dir: Some(dir) };
         let address = first_line
             .trim()
             .strip_prefix("listening on ")

@@ -183,3 +183,29 @@ fn pump(mut tls: ClientConnection, server: TcpStream, local: TcpStream) -> io::R
         }
     }
 }
+
+/// Sends `request` over TLS (trusting `ca`) and returns everything the server answers, up to
+/// its close (or, for a WebSocket upgrade, which stays open, up to the end of the head).
+pub fn exchange(port: u16, ca: &Path, request: &[u8]) -> Vec<u8> {
+    let socket = TcpStream::connect(("127.0.0.1", port)).expect("connect to the TLS port");
+    socket.set_read_timeout(Some(super::READ_TIMEOUT)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = ClientConnection::new(trusting(ca), name).unwrap();
+    let mut stream = rustls::StreamOwned::new(tls, socket);
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return answer,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.starts_with(b"HTTP/1.1 101") && answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return answer;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return answer,
+            Err(e) => panic!("reading the TLS answer: {e}"),
+        }
+    }
+}
