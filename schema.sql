@@ -1,4 +1,4 @@
--- im-server schema, version 2. Applied to a new database by src/store/schema.rs, which sets
+-- im-server schema, version 3. Applied to a new database by src/store/schema.rs, which sets
 -- PRAGMA user_version to the version. Designed for the write path (README.md, "Storage"): a
 -- message insert appends to one table and touches no other B-tree; which messages belong to
 -- a conversation is written in bulk (channel_blocks); delivery and read state are cursors
@@ -19,7 +19,12 @@ CREATE TABLE users (
     iterations      INTEGER NOT NULL,
     stored_key      BLOB    NOT NULL,
     server_key      BLOB    NOT NULL,
-    created_at      INTEGER NOT NULL
+    created_at      INTEGER NOT NULL,
+    -- Set by `im-server ctl disable`: the account cannot log in until enabled again.
+    disabled_at     INTEGER,
+    -- Set when the account is deleted: its name shows as deleted in others' history, and is
+    -- free to register again after the cooling period.
+    deleted_at      INTEGER
 );
 
 -- Where a user's first device starts: the newest message id at registration (or, in a

@@ -4,7 +4,7 @@ use super::OpenError;
 use rusqlite::Connection;
 
 /// The schema this binary writes; `PRAGMA user_version` holds it in the file.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
 /// Migrations from version N-1 to N, applied in order; index 0 is unused (version 1 is the
@@ -26,6 +26,9 @@ const MIGRATIONS: &[&str] = &[
          UNIQUE (user_id, client_id)
      );
      ALTER TABLE messages ADD COLUMN device INTEGER NOT NULL DEFAULT 0;",
+    // 3: accounts an operator disabled, and deleted accounts.
+    "ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+     ALTER TABLE users ADD COLUMN deleted_at INTEGER;",
 ];
 
 pub fn apply(db: &Connection) -> Result<(), OpenError> {
