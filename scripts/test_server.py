@@ -421,7 +421,7 @@ def _(env):
     expect_raw_error(client, encode_frame(0x7F, 11), 11, "UNKNOWN_OPCODE")
     client.ping()
     client.hello()
-    for request_id, opcode in ((12, 0x00), (13, 0x07), (14, 0x80), (15, 0xC0), (16, 0xFF),
+    for request_id, opcode in ((12, 0x00), (13, 0x0A), (14, 0x80), (15, 0xC0), (16, 0xFF),
                                (18, 0x42), (19, 0x8E), (20, 0xC6)):
         expect_raw_error(client, encode_frame(opcode, request_id, b"\x00\x01"), request_id,
                          "UNKNOWN_OPCODE")

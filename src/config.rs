@@ -187,6 +187,10 @@ pub struct Config {
     /// Days after which a device that has not logged in or acknowledged is forgotten.
     #[arg(long, default_value_t = 90)]
     pub device_expiry_days: u32,
+
+    /// Days a deleted account's name stays reserved before it can be registered again.
+    #[arg(long, default_value_t = 30)]
+    pub name_cooling_days: u32,
 }
 
 /// What the binary does besides serving.

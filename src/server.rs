@@ -335,10 +335,11 @@ impl Server {
             }
         }
         self.conns.deliver(&mut self.core.outbox, committed);
-        for token in std::mem::take(&mut self.core.world.removed_device_sessions) {
-            // Their NO_SUCH_DEVICE was staged with the removal: close them once it is durable.
+        for (token, reason) in std::mem::take(&mut self.core.world.close_after_commit) {
+            // Their ERROR was staged with the change (a device removed, a password changed):
+            // close them once it is durable.
             if committed {
-                self.conns.close(token, CloseReason::DeviceRemoved);
+                self.conns.close(token, reason);
             }
         }
         self.push_backlogs();

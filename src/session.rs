@@ -48,6 +48,10 @@ pub enum CloseReason {
     ServerFull,
     /// The store failed while the connection's backlog was read.
     StoreFailed,
+    /// Another session of the account changed its password.
+    CredentialsChanged,
+    /// The account was deleted.
+    AccountDeleted,
     /// An HTTP request was answered (anything but a WebSocket upgrade).
     HttpAnswered,
     /// The WebSocket was closed by the client, or refused for a violation of RFC 6455.
@@ -74,6 +78,8 @@ pub struct Session {
     /// timeout counts from here, TLS handshake included.
     unauthenticated_since: Instant,
     failed_logins: u8,
+    /// A logged-in session's challenge for a fresh proof of its password (`REAUTH_START`).
+    reauth: Option<Box<PendingLogin>>,
     /// The backlog still being pushed after login, if any.
     backlog: Option<Box<Backlog>>,
     /// Every item for this connection's device with an id up to here has been queued on it:
@@ -90,6 +96,7 @@ impl Session {
             last_frame_at: now,
             unauthenticated_since: now,
             failed_logins: 0,
+            reauth: None,
             backlog: None,
             sent_through: 0,
             closing: None,
@@ -141,6 +148,16 @@ impl Session {
         }
     }
 
+    /// `REAUTH_START` was answered with a challenge; a new one replaces an unused one.
+    pub fn reauth_started(&mut self, pending: PendingLogin) {
+        self.reauth = Some(Box::new(pending));
+    }
+
+    /// Takes the challenge of `REAUTH_START`: each is good for one proof.
+    pub fn take_reauth(&mut self) -> Option<Box<PendingLogin>> {
+        self.reauth.take()
+    }
+
     /// Counts a failed login on this connection; returns how many it has had.
     pub fn login_failed(&mut self) -> u8 {
         self.failed_logins = self.failed_logins.saturating_add(1);
@@ -158,6 +175,7 @@ impl Session {
     /// `LOGOUT`: the connection stays open, unauthenticated, and the login timeout restarts.
     pub fn logged_out(&mut self, now: Instant) {
         self.state = SessionState::Unauthenticated;
+        self.reauth = None;
         self.unauthenticated_since = now;
         self.backlog = None;
         self.sent_through = 0;

@@ -91,8 +91,9 @@ pub struct World {
     /// Online users whose conversations changed (a friend or a group gained or lost) in this
     /// iteration: their syncing connections reload their backlog's sources.
     pub sources_changed: HashSet<UserId>,
-    /// Connections of removed devices, closed once the removal has committed.
-    pub removed_device_sessions: Vec<Token>,
+    /// Connections to close once this batch has committed, each with the reason: a removed
+    /// device, a changed password, a deleted account (their ERROR was staged with the change).
+    pub close_after_commit: Vec<(Token, crate::session::CloseReason)>,
 }
 
 /// Whether a session change changed the user's presence.

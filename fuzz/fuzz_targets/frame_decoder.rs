@@ -22,13 +22,16 @@ use libfuzzer_sys::fuzz_target;
 const LIMITS: [u32; 3] = [4_096, 65_536, u32::MAX];
 
 /// Every request opcode of PROTOCOL.md §3.
-const REQUEST_OPCODES: [u8; 21] = [
+const REQUEST_OPCODES: [u8; 24] = [
     op::HELLO,
     op::PING,
     op::REGISTER,
     op::LOGIN_START,
     op::LOGIN_FINISH,
     op::LOGOUT,
+    op::REAUTH_START,
+    op::PASSWORD_CHANGE,
+    op::ACCOUNT_DELETE,
     op::FRIEND_REQUEST,
     op::FRIEND_ACCEPT,
     op::FRIEND_DECLINE,

@@ -59,6 +59,8 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
         return refuse(ErrorCode::WeakCredentials, "the salt must be 16 to 64 bytes and each key 32 bytes");
     }
     let name_key = r.username.to_ascii_lowercase();
+    let cooling_ms = i64::from(ctx.config.name_cooling_days) * 86_400_000;
+    ctx.store.release_deleted_name(&name_key, ctx.now_ms - cooling_ms)?;
     let created = ctx.store.create_user(&NewUser {
         name: r.username,
         name_key: &name_key,
@@ -92,7 +94,7 @@ fn count_registration(ctx: &mut Ctx, o: &Origin) -> Outcome {
     Ok(())
 }
 
-fn key_from(bytes: &[u8]) -> Key {
+pub(super) fn key_from(bytes: &[u8]) -> Key {
     let mut key = [0u8; KEY_LEN];
     if bytes.len() == KEY_LEN {
         key.copy_from_slice(bytes);
@@ -103,10 +105,25 @@ fn key_from(bytes: &[u8]) -> Key {
 pub fn login_start(ctx: &mut Ctx, o: &mut Origin, username: &str, client_nonce: &[u8]) -> Outcome {
     let name_key = username.to_ascii_lowercase();
     check_failed_logins(ctx, o, &name_key)?;
-    if !(16..=64).contains(&client_nonce.len()) {
-        return refuse(ErrorCode::InvalidArgument, "the client nonce must be 16 to 64 bytes");
-    }
     let found = if valid_username(username) { ctx.store.find_user(&name_key)? } else { None };
+    let pending = challenge(ctx, o, username, name_key, client_nonce, found)?;
+    o.session.login_started(pending);
+    Ok(())
+}
+
+/// Answers with a `LOGIN_CHALLENGE` for `username` (the user `found`, or a fake challenge
+/// like a real one) and returns what the proof will be checked against.
+pub(super) fn challenge(
+    ctx: &mut Ctx,
+    o: &Origin,
+    username: &str,
+    name_key: String,
+    client_nonce: &[u8],
+    found: Option<crate::store::UserRecord>,
+) -> Result<PendingLogin, Refusal> {
+    if !(16..=64).contains(&client_nonce.len()) {
+        return Err(Refusal::Error(ErrorCode::InvalidArgument, "the client nonce must be 16 to 64 bytes"));
+    }
     // An unknown name gets a challenge like a real one; its all-zero StoredKey matches no proof.
     let (user, salt, iterations, stored_key, server_key) = match found {
         Some(u) => (Some((u.id, u.name)), u.salt, u.iterations, key_from(&u.stored_key), key_from(&u.server_key)),
@@ -119,15 +136,13 @@ pub fn login_start(ctx: &mut Ctx, o: &mut Origin, username: &str, client_nonce: 
     nonce.extend_from_slice(client_nonce);
     let mut server_nonce = [0u8; SERVER_NONCE_LEN];
     if getrandom::fill(&mut server_nonce).is_err() {
-        return refuse(ErrorCode::StoreUnavailable, "the server could not draw random bytes; try again");
+        return Err(Refusal::Error(ErrorCode::StoreUnavailable, "the server could not draw random bytes; try again"));
     }
     nonce.extend_from_slice(&server_nonce);
     let auth_message = scram::auth_message(username, client_nonce, &salt, iterations, &nonce);
-    let pending = PendingLogin { name_key, user, stored_key, server_key, auth_message };
-    o.session.login_started(pending);
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::login_challenge(b, id, &salt, iterations, &nonce));
-    Ok(())
+    Ok(PendingLogin { name_key, user, stored_key, server_key, auth_message })
 }
 
 pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64, device_name: &str) -> Outcome {
@@ -191,7 +206,7 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64,
 
 /// Refuses a login from a source that failed too often lately, as this account or as any
 /// (`--login-failures-per-account`, `--login-failures-per-address`).
-fn check_failed_logins(ctx: &Ctx, o: &Origin, name_key: &str) -> Outcome {
+pub(super) fn check_failed_logins(ctx: &Ctx, o: &Origin, name_key: &str) -> Outcome {
     ctx.world.failed_logins.check(name_key, o.session.peer, ctx.now).map_err(|wait| {
         Refusal::RetryLater(ErrorCode::LoginThrottled, wait, "too many failed logins from your address; wait")
     })

@@ -4,6 +4,7 @@ use super::{Ctx, Origin, Outcome, refuse};
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, DeviceEntry};
+use crate::session::CloseReason;
 use crate::store::UserId;
 
 pub fn list(ctx: &mut Ctx, o: &mut Origin, me: UserId) -> Outcome {
@@ -39,7 +40,7 @@ pub fn remove(ctx: &mut Ctx, o: &mut Origin, me: UserId, client_id: u64) -> Outc
         ctx.outbox.stage(token, FrameKind::Push, |b| {
             response::error(b, 0, ErrorCode::NoSuchDevice, "this device was removed by another of your devices")
         });
-        ctx.world.removed_device_sessions.push(token);
+        ctx.world.close_after_commit.push((token, CloseReason::DeviceRemoved));
     }
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));

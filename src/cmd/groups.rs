@@ -27,7 +27,13 @@ fn online_sessions(ctx: &Ctx, group: GroupId) -> Vec<Token> {
 
 /// Stores a membership change as an item of the group (so members' devices that are away get
 /// it too, in id order) and pushes it to the online members' connections but `origin`'s.
-fn group_event(ctx: &mut Ctx, o: &Origin, group: GroupId, event: GroupEvent, (who, name): (UserId, &str)) -> Outcome {
+pub(super) fn group_event(
+    ctx: &mut Ctx,
+    o: &Origin,
+    group: GroupId,
+    event: GroupEvent,
+    (who, name): (UserId, &str),
+) -> Outcome {
     let group_name = ctx.world.groups.get(&group).map(|g| g.name.clone()).unwrap_or_default();
     let kind = match event {
         GroupEvent::Joined => MessageKind::GroupJoined,

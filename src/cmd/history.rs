@@ -26,7 +26,7 @@ pub fn page(
     }
     let channel = match target {
         HistoryTarget::Direct { peer } => {
-            let Some((peer_id, _)) = ctx.store.find_user_id(&peer.to_ascii_lowercase())? else {
+            let Some((peer_id, _)) = ctx.store.find_user_id_or_deleted(&peer.to_ascii_lowercase())? else {
                 return refuse(ErrorCode::Forbidden, NOT_A_PARTICIPANT);
             };
             if peer_id == me || ctx.store.contact_state(me, peer_id)?.is_none() {

@@ -4,6 +4,7 @@
 //! [`handle_frames`] takes bytes and a [`Session`], so the whole layer runs without a network
 //! (the fuzz target and the unit tests below drive it that way).
 
+mod accounts;
 mod auth;
 mod caps;
 mod chat;
@@ -219,6 +220,9 @@ fn authenticated(ctx: &mut Ctx, o: &mut Origin, user: UserId, request: Request) 
     use Request as R;
     match request {
         R::Logout => auth::logout(ctx, o, user),
+        R::ReauthStart { client_nonce } => accounts::reauth_start(ctx, o, user, client_nonce),
+        R::PasswordChange { client_proof, new } => accounts::password_change(ctx, o, user, client_proof, &new),
+        R::AccountDelete { client_proof } => accounts::delete(ctx, o, user, client_proof),
         R::FriendRequest { username } => friends::request(ctx, o, user, username),
         R::FriendAccept { username } => friends::answer(ctx, o, user, username, friends::Answer::Accept),
         R::FriendDecline { username } => friends::answer(ctx, o, user, username, friends::Answer::Decline),

@@ -43,6 +43,24 @@ pub fn logout(buf: &mut Vec<u8>, request_id: u32) {
     FrameWriter::new(buf, op::LOGOUT, request_id).finish();
 }
 
+pub fn reauth_start(buf: &mut Vec<u8>, request_id: u32, client_nonce: &[u8]) {
+    FrameWriter::new(buf, op::REAUTH_START, request_id).bytes(client_nonce).finish();
+}
+
+pub fn password_change(buf: &mut Vec<u8>, request_id: u32, client_proof: &[u8], new: &super::request::Verifier) {
+    FrameWriter::new(buf, op::PASSWORD_CHANGE, request_id)
+        .bytes(client_proof)
+        .bytes(new.salt)
+        .u32(new.iterations)
+        .bytes(new.stored_key)
+        .bytes(new.server_key)
+        .finish();
+}
+
+pub fn account_delete(buf: &mut Vec<u8>, request_id: u32, client_proof: &[u8]) {
+    FrameWriter::new(buf, op::ACCOUNT_DELETE, request_id).bytes(client_proof).finish();
+}
+
 pub fn friend_request(buf: &mut Vec<u8>, request_id: u32, username: &str) {
     FrameWriter::new(buf, op::FRIEND_REQUEST, request_id).str(username).finish();
 }

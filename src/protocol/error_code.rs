@@ -42,11 +42,13 @@ pub enum ErrorCode {
     TooManyRequests = 36,
     TooManyFriends = 37,
     LoginThrottled = 38,
+    CredentialsChanged = 40,
+    AccountDeleted = 41,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (numbers may skip: a gap is a code reserved elsewhere).
-    pub const ALL: [ErrorCode; 38] = {
+    pub const ALL: [ErrorCode; 40] = {
         use ErrorCode::*;
         [
             MalformedFrame,
@@ -87,6 +89,8 @@ impl ErrorCode {
             TooManyRequests,
             TooManyFriends,
             LoginThrottled,
+            CredentialsChanged,
+            AccountDeleted,
         ]
     };
 

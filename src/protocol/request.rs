@@ -31,6 +31,9 @@ pub enum Request<'a> {
     LoginStart { username: &'a str, client_nonce: &'a [u8] },
     LoginFinish { client_proof: &'a [u8], device_id: u64, device_name: &'a str },
     Logout,
+    ReauthStart { client_nonce: &'a [u8] },
+    PasswordChange { client_proof: &'a [u8], new: Verifier<'a> },
+    AccountDelete { client_proof: &'a [u8] },
     FriendRequest { username: &'a str },
     FriendAccept { username: &'a str },
     FriendDecline { username: &'a str },
@@ -61,6 +64,15 @@ pub struct Registration<'a> {
     pub server_key: &'a [u8],
 }
 
+/// A new SCRAM verifier (`PASSWORD_CHANGE`): the fields of `REGISTER` but the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verifier<'a> {
+    pub salt: &'a [u8],
+    pub iterations: u32,
+    pub stored_key: &'a [u8],
+    pub server_key: &'a [u8],
+}
+
 impl<'a> Request<'a> {
     /// Decodes the body of a request with the given opcode. Never panics, whatever the bytes.
     pub fn decode(opcode: u8, body: &'a [u8]) -> Result<Self, DecodeError> {
@@ -80,6 +92,17 @@ impl<'a> Request<'a> {
                 Request::LoginFinish { client_proof: r.bytes()?, device_id: r.u64()?, device_name: r.str()? }
             }
             op::LOGOUT => Request::Logout,
+            op::REAUTH_START => Request::ReauthStart { client_nonce: r.bytes()? },
+            op::PASSWORD_CHANGE => Request::PasswordChange {
+                client_proof: r.bytes()?,
+                new: Verifier {
+                    salt: r.bytes()?,
+                    iterations: r.u32()?,
+                    stored_key: r.bytes()?,
+                    server_key: r.bytes()?,
+                },
+            },
+            op::ACCOUNT_DELETE => Request::AccountDelete { client_proof: r.bytes()? },
             op::FRIEND_REQUEST => Request::FriendRequest { username: r.str()? },
             op::FRIEND_ACCEPT => Request::FriendAccept { username: r.str()? },
             op::FRIEND_DECLINE => Request::FriendDecline { username: r.str()? },

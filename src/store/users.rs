@@ -33,7 +33,7 @@ impl Store {
     /// Looks a user up by lowercase name.
     pub fn find_user(&self, name_key: &str) -> StoreResult<Option<UserRecord>> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT id, name, salt, iterations, stored_key, server_key FROM users WHERE name_key = ?1",
+            "SELECT id, name, salt, iterations, stored_key, server_key FROM users WHERE name_key = ?1 AND deleted_at IS NULL",
         )?;
         let user = stmt
             .query_row([name_key], |r| {
@@ -50,9 +50,17 @@ impl Store {
         Ok(user)
     }
 
-    /// The id and display name of a user, by lowercase name.
-    pub fn find_user_id(&self, name_key: &str) -> StoreResult<Option<(UserId, String)>> {
+    /// The id and display name of a user, by lowercase name; a deleted account is found too,
+    /// until its name is registered again (the conversations with it stay readable).
+    pub fn find_user_id_or_deleted(&self, name_key: &str) -> StoreResult<Option<(UserId, String)>> {
         let mut stmt = self.db.prepare_cached("SELECT id, name FROM users WHERE name_key = ?1")?;
+        Ok(stmt.query_row([name_key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    /// The id and display name of a user, by lowercase name (not a deleted one).
+    pub fn find_user_id(&self, name_key: &str) -> StoreResult<Option<(UserId, String)>> {
+        let mut stmt =
+            self.db.prepare_cached("SELECT id, name FROM users WHERE name_key = ?1 AND deleted_at IS NULL")?;
         Ok(stmt.query_row([name_key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
     }
 
@@ -92,5 +100,59 @@ impl Store {
             .execute(params![LOBBY_GROUP_ID, id, user.now_ms, cursor])?;
             Ok(Some(id))
         })
+    }
+}
+
+impl Store {
+    /// Replaces a user's SCRAM verifier (`PASSWORD_CHANGE`).
+    pub fn set_verifier(
+        &mut self,
+        user: UserId,
+        salt: &[u8],
+        iterations: u32,
+        stored_key: &[u8],
+        server_key: &[u8],
+    ) -> StoreResult<()> {
+        self.write(|db| {
+            db.prepare_cached(
+                "UPDATE users SET salt = ?2, iterations = ?3, stored_key = ?4, server_key = ?5 WHERE id = ?1",
+            )?
+            .execute(params![user, salt, iterations, stored_key, server_key])?;
+            Ok(())
+        })
+    }
+}
+
+impl Store {
+    /// Marks an account deleted: its name shows as deleted wherever its messages are read, its
+    /// devices and pending friend requests are forgotten, and it can no longer log in. Its
+    /// friendships and group memberships are ended by the caller, which tells the others.
+    pub fn delete_account(&mut self, user: UserId, now_ms: i64) -> StoreResult<()> {
+        self.write(|db| {
+            db.prepare_cached("UPDATE users SET deleted_at = ?2, name = name || ' (deleted)' WHERE id = ?1")?
+                .execute(params![user, now_ms])?;
+            db.prepare_cached("DELETE FROM friend_requests WHERE from_id = ?1 OR to_id = ?1")?.execute([user])?;
+            db.prepare_cached("DELETE FROM devices WHERE user_id = ?1")?.execute([user])?;
+            Ok(())
+        })
+    }
+
+    /// Frees the name of an account deleted before `deleted_before_ms`, so that it can be
+    /// registered again (the old account keeps its display name, marked deleted).
+    pub fn release_deleted_name(&mut self, name_key: &str, deleted_before_ms: i64) -> StoreResult<()> {
+        let releasable: bool = self
+            .db
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE name_key = ?1 AND deleted_at IS NOT NULL AND deleted_at <= ?2)",
+            )?
+            .query_row(params![name_key, deleted_before_ms], |r| r.get(0))?;
+        if releasable {
+            // '#' is not a username character: the old row's key can never be asked for.
+            self.write(|db| {
+                db.prepare_cached("UPDATE users SET name_key = '#deleted:' || id WHERE name_key = ?1")?
+                    .execute([name_key])
+            })?;
+        }
+        Ok(())
     }
 }

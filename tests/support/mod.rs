@@ -80,6 +80,8 @@ pub mod code {
     pub const TOO_MANY_REQUESTS: u16 = 36;
     pub const TOO_MANY_FRIENDS: u16 = 37;
     pub const LOGIN_THROTTLED: u16 = 38;
+    pub const CREDENTIALS_CHANGED: u16 = 40;
+    pub const ACCOUNT_DELETED: u16 = 41;
 }
 
 /// Opcodes, PROTOCOL.md §3.
@@ -90,6 +92,9 @@ pub mod op {
     pub const LOGIN_START: u8 = 0x04;
     pub const LOGIN_FINISH: u8 = 0x05;
     pub const LOGOUT: u8 = 0x06;
+    pub const REAUTH_START: u8 = 0x07;
+    pub const PASSWORD_CHANGE: u8 = 0x08;
+    pub const ACCOUNT_DELETE: u8 = 0x09;
     pub const FRIEND_REQUEST: u8 = 0x10;
     pub const FRIEND_ACCEPT: u8 = 0x11;
     pub const FRIEND_DECLINE: u8 = 0x12;
@@ -256,6 +261,22 @@ pub mod req {
     }
     pub fn logout() -> Request {
         Request::new(op::LOGOUT, Body::new())
+    }
+    pub fn reauth_start(client_nonce: &[u8]) -> Request {
+        Request::new(op::REAUTH_START, Body::new().bytes(client_nonce))
+    }
+    pub fn password_change(
+        client_proof: &[u8],
+        salt: &[u8],
+        iterations: u32,
+        stored_key: &[u8],
+        server_key: &[u8],
+    ) -> Request {
+        let body = Body::new().bytes(client_proof).bytes(salt).u32(iterations).bytes(stored_key).bytes(server_key);
+        Request::new(op::PASSWORD_CHANGE, body)
+    }
+    pub fn account_delete(client_proof: &[u8]) -> Request {
+        Request::new(op::ACCOUNT_DELETE, Body::new().bytes(client_proof))
     }
     pub fn friend_request(username: &str) -> Request {
         Request::new(op::FRIEND_REQUEST, Body::new().str(username))
@@ -1251,6 +1272,19 @@ impl Client {
             }
             other => Err(other),
         }
+    }
+
+    /// `REAUTH_START`, then the proof of `password` for its challenge (for `PASSWORD_CHANGE`
+    /// or `ACCOUNT_DELETE`).
+    pub fn fresh_proof(&mut self, password: &str) -> [u8; 32] {
+        let username = self.username.clone().expect("logged in");
+        let client_nonce = self.fresh_nonce();
+        let (salt, iterations, nonce) = match self.call(req::reauth_start(&client_nonce)) {
+            Message::LoginChallenge { salt, iterations, nonce } => (salt, iterations, nonce),
+            other => panic!("REAUTH_START: {other:?}"),
+        };
+        let keys = scram::Keys::derive(password, &salt, iterations);
+        scram::client_proof(&keys, &scram::auth_message(&username, &client_nonce, &salt, iterations, &nonce))
     }
 
     /// `LOGIN_START` as `username` with the test password; returns the `LOGIN_FINISH` that
