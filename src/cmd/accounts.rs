@@ -12,7 +12,8 @@ use crate::protocol::response;
 use crate::protocol::response::{FriendEvent, GroupEvent};
 use crate::scram::{self, KEY_LEN};
 use crate::session::{CloseReason, PendingLogin};
-use crate::store::{LOBBY_GROUP_ID, UserId};
+use crate::store::{ContactState, DeviceId, LOBBY_GROUP_ID, UserId};
+use crate::world::Token;
 
 pub fn reauth_start(ctx: &mut Ctx, o: &mut Origin, me: UserId, client_nonce: &[u8]) -> Outcome {
     let name = ctx.store.user_name(me)?;
@@ -76,46 +77,56 @@ pub fn password_change(ctx: &mut Ctx, o: &mut Origin, me: UserId, proof: &[u8], 
     Ok(())
 }
 
-/// Deletes the account: friends are told it is gone (a `FRIEND_EVENT` removed), its groups
-/// that it left, its messages stay in the others' history under its name marked deleted, and
-/// every session of it is closed (this one after its `OK`, the others with
-/// `ERROR ACCOUNT_DELETED`). The name can be registered again after `--name-cooling-days`.
+/// `ACCOUNT_DELETE`: with a fresh proof, [`delete_account`], answered `OK`; the connection
+/// closes with the others.
 pub fn delete(ctx: &mut Ctx, o: &mut Origin, me: UserId, proof: &[u8]) -> Outcome {
     check_proof(ctx, o, me, proof)?;
-    let my_name = super::name_of(ctx, me);
-    let friends: Vec<(UserId, std::rc::Rc<str>)> =
-        ctx.world.user(me).map(|u| u.friends.values().map(|f| (f.id, f.name.clone())).collect()).unwrap_or_default();
+    delete_account(ctx, me, Some((o.token, o.device)))?;
+    let rid = o.request_id;
+    ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
+    Ok(())
+}
+
+/// Deletes the account of `me`, asked by its connection `origin` (or by an operator: `None`).
+/// Friends are told it is gone (a `FRIEND_EVENT` removed), its groups that it left; its
+/// messages stay in the others' history under its name marked deleted, and every session of
+/// it is closed once this commits (the others with `ERROR ACCOUNT_DELETED`, `origin` after its
+/// answer). The name can be registered again after `--name-cooling-days`.
+pub fn delete_account(ctx: &mut Ctx, me: UserId, origin: Option<(Token, DeviceId)>) -> Outcome {
+    // An operator's deletion is made by no connection and no device.
+    let origin = origin.unwrap_or((Token::MAX, 0));
+    let my_name = ctx.store.user_name(me)?;
+    let friends: Vec<(UserId, String)> = ctx
+        .store
+        .contacts(me)?
+        .into_iter()
+        .filter(|c| matches!(c.state, ContactState::Friends))
+        .map(|c| (c.peer, c.name))
+        .collect();
     for (friend, name) in friends {
         ctx.store.end_friendship(me, friend)?;
         ctx.world.remove_friendship(me, friend);
-        let action = FriendAction {
-            actor: me,
-            actor_name: &my_name,
-            target: friend,
-            target_name: &name,
-            event: FriendEvent::Removed,
-        };
-        notify::friend_event(ctx, (o.token, o.device), &action)?;
+        let event = FriendEvent::Removed;
+        let action = FriendAction { actor: me, actor_name: &my_name, target: friend, target_name: &name, event };
+        notify::friend_event(ctx, origin, &action)?;
     }
     for membership in ctx.store.memberships(me)? {
         let group = membership.group;
         if group != LOBBY_GROUP_ID {
-            super::groups::group_event(ctx, o, group, GroupEvent::Left, (me, &my_name))?;
+            super::groups::group_event(ctx, origin, group, GroupEvent::Left, (me, &my_name))?;
         }
         ctx.store.remove_member(group, me)?;
         ctx.world.leave_group(me, group);
     }
     ctx.store.delete_account(me, ctx.now_ms)?;
     for token in ctx.world.sessions(me).to_vec() {
-        if token != o.token {
+        if token != origin.0 {
             ctx.outbox.stage(token, FrameKind::Push, |b| {
-                response::error(b, 0, ErrorCode::AccountDeleted, "this account was deleted from another device")
+                response::error(b, 0, ErrorCode::AccountDeleted, "this account was deleted")
             });
         }
         ctx.world.close_after_commit.push((token, CloseReason::AccountDeleted));
     }
-    log::info!("user {me} deleted their account");
-    let rid = o.request_id;
-    ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
+    log::info!("user {me} deleted");
     Ok(())
 }

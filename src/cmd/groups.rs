@@ -5,7 +5,7 @@ use super::{Ctx, Origin, Outcome, caps, check_body, name_of, refuse, take_send_t
 use crate::outbox::FrameKind;
 use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery, GroupEntry, GroupEvent, GroupNotice, MemberEntry};
-use crate::store::{Channel, GroupId, LOBBY_GROUP_ID, MessageKind, NewMessage, UserId};
+use crate::store::{Channel, DeviceId, GroupId, LOBBY_GROUP_ID, MessageKind, NewMessage, UserId};
 use crate::world::Token;
 
 const NOT_A_MEMBER: &str = "you are not a member of that group";
@@ -29,7 +29,7 @@ fn online_sessions(ctx: &Ctx, group: GroupId) -> Vec<Token> {
 /// it too, in id order) and pushes it to the online members' connections but `origin`'s.
 pub(super) fn group_event(
     ctx: &mut Ctx,
-    o: &Origin,
+    (origin_token, origin_device): (Token, DeviceId),
     group: GroupId,
     event: GroupEvent,
     (who, name): (UserId, &str),
@@ -46,9 +46,9 @@ pub(super) fn group_event(
         kind,
         sent_at: ctx.now_ms,
         body: group_name.as_bytes(),
-        device: o.device,
+        device: origin_device,
     })?;
-    ctx.outbox.own_item(o.token, id);
+    ctx.outbox.own_item(origin_token, id);
     let notice = GroupNotice {
         message_id: id as u64,
         timestamp_ms: ctx.now_ms as u64,
@@ -57,7 +57,7 @@ pub(super) fn group_event(
         username: name,
         group_name: &group_name,
     };
-    for t in online_sessions(ctx, group).into_iter().filter(|&t| t != o.token) {
+    for t in online_sessions(ctx, group).into_iter().filter(|&t| t != origin_token) {
         ctx.outbox.stage(t, FrameKind::Item { id }, |b| response::group_event(b, &notice));
     }
     Ok(())
@@ -95,7 +95,7 @@ pub fn invite(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64, username
     ctx.store.add_member(group, friend.id, ctx.now_ms)?;
     let group_name = ctx.world.groups.get(&group).map(|g| g.name.clone()).unwrap_or_default();
     ctx.world.join_group(friend.id, group, &group_name);
-    group_event(ctx, o, group, GroupEvent::Joined, (friend.id, &friend.name))?;
+    group_event(ctx, (o.token, o.device), group, GroupEvent::Joined, (friend.id, &friend.name))?;
     let rid = o.request_id;
     ctx.outbox.respond(o.token, rid, |b| response::ok(b, rid));
     Ok(())
@@ -107,7 +107,7 @@ pub fn leave(ctx: &mut Ctx, o: &mut Origin, me: UserId, group_id: u64) -> Outcom
         return refuse(ErrorCode::InvalidArgument, "the lobby holds every user and cannot be left");
     }
     let my_name = name_of(ctx, me);
-    group_event(ctx, o, group, GroupEvent::Left, (me, &my_name))?;
+    group_event(ctx, (o.token, o.device), group, GroupEvent::Left, (me, &my_name))?;
     ctx.store.remove_member(group, me)?;
     ctx.world.leave_group(me, group);
     let rid = o.request_id;

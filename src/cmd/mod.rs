@@ -4,7 +4,7 @@
 //! [`handle_frames`] takes bytes and a [`Session`], so the whole layer runs without a network
 //! (the fuzz target and the unit tests below drive it that way).
 
-mod accounts;
+pub mod accounts;
 mod auth;
 mod caps;
 mod chat;
