@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import secrets
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -632,6 +633,18 @@ def _opcode_of(value):
     return OPCODES[value]
 
 
+class TlsError(ConnectionError):
+    """The TLS handshake failed: an untrusted certificate, or not a TLS port."""
+
+
+def tls_context(ca_file=None):
+    """A TLS context for `Client(tls=...)`: the system's trusted certificates, or only the
+    one in `ca_file` (PEM) for a server with a self-signed certificate. TLS 1.2 at least."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class Client:
     """One connection to im-server.
 
@@ -641,8 +654,10 @@ class Client:
     wait that is not given its own.
     """
 
-    def __init__(self, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, timeout=DEFAULT_TIMEOUT, tls=None):
         self.timeout = timeout
+        # An ssl.SSLContext (see `tls_context`) to speak TLS, or None for plain TCP.
+        self.tls = tls
         self.sock = None
         self.closed = False
         self.pushes = deque()
@@ -661,9 +676,24 @@ class Client:
     # -- connection -------------------------------------------------------------------------
 
     def connect(self, host, port):
-        """Open the TCP connection; returns self so that `Client().connect(h, p)` chains."""
-        self.sock = socket.create_connection((host, port), timeout=self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Open the connection (TCP, then the TLS handshake if the client has a TLS context);
+        returns self so that `Client().connect(h, p)` chains. A server whose certificate does
+        not verify raises TlsError with a sentence saying so."""
+        sock = socket.create_connection((host, port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLCertVerificationError as error:
+                sock.close()
+                raise TlsError("the server's certificate is not trusted (%s); for a self-signed "
+                               "certificate, pass --ca with that certificate's file"
+                               % error.verify_message) from None
+            except (ssl.SSLError, OSError) as error:
+                sock.close()
+                raise TlsError("the TLS handshake with %s:%s failed (%s): is it the server's "
+                               "TLS port?" % (host, port, getattr(error, "reason", None) or error)) from None
+        self.sock = sock
         self.closed = False
         return self
 
@@ -743,7 +773,7 @@ class Client:
             self.sock.settimeout(max(deadline - time.monotonic(), 0.0))
             try:
                 chunk = self.sock.recv(65536)
-            except (socket.timeout, BlockingIOError):
+            except (socket.timeout, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 raise TimeoutError("no frame from the server in time") from None
             except (ConnectionResetError, BrokenPipeError):
                 chunk = b""
