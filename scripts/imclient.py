@@ -56,6 +56,9 @@ class Op:
     LOGIN_START = 0x04
     LOGIN_FINISH = 0x05
     LOGOUT = 0x06
+    REAUTH_START = 0x07
+    PASSWORD_CHANGE = 0x08
+    ACCOUNT_DELETE = 0x09
     FRIEND_REQUEST = 0x10
     FRIEND_ACCEPT = 0x11
     FRIEND_DECLINE = 0x12
@@ -141,6 +144,8 @@ ERROR_NAMES = {
     36: "TOO_MANY_REQUESTS",
     37: "TOO_MANY_FRIENDS",
     38: "LOGIN_THROTTLED",
+    40: "CREDENTIALS_CHANGED",
+    41: "ACCOUNT_DELETED",
 }
 # Codes newer than this table (a newer server) still decode: ServerError names them
 # "ERROR_<code>" and keeps the server's message, so callers can act on the number.
@@ -190,6 +195,10 @@ SCHEMAS = {
     Op.LOGIN_START: [("username", STR), ("client_nonce", BYTES)],
     Op.LOGIN_FINISH: [("client_proof", BYTES), ("device_id", U64), ("device_name", STR)],
     Op.LOGOUT: [],
+    Op.REAUTH_START: [("client_nonce", BYTES)],
+    Op.PASSWORD_CHANGE: [("client_proof", BYTES), ("salt", BYTES), ("iterations", U32),
+                         ("stored_key", BYTES), ("server_key", BYTES)],
+    Op.ACCOUNT_DELETE: [("client_proof", BYTES)],
     Op.FRIEND_REQUEST: [("username", STR)],
     Op.FRIEND_ACCEPT: [("username", STR)],
     Op.FRIEND_DECLINE: [("username", STR)],
@@ -981,6 +990,37 @@ class Client:
 
     def logout(self):
         result = self.request(Op.LOGOUT)
+        self.username = None
+        return result
+
+    # -- your account -----------------------------------------------------------------------
+
+    def fresh_proof(self, password):
+        """REAUTH_START, then the proof of `password` for its challenge: what PASSWORD_CHANGE
+        and ACCOUNT_DELETE ask for (PROTOCOL.md section 5, "Your account")."""
+        client_nonce = secrets.token_bytes(24)
+        challenge = self.request(Op.REAUTH_START, client_nonce=client_nonce)
+        salt, iterations, nonce = challenge["salt"], challenge["iterations"], challenge["nonce"]
+        if not nonce.startswith(client_nonce) or len(nonce) <= len(client_nonce):
+            raise AuthenticationError("the server's nonce does not extend ours")
+        keys = derive_keys(password, salt, iterations)
+        return client_proof(keys, auth_message(self.username, client_nonce, salt, iterations, nonce))
+
+    def change_password(self, old_password, new_password, iterations=None):
+        """PASSWORD_CHANGE with a fresh proof of `old_password`; returns the new DerivedKeys.
+        The account's other connections are closed by the server (CREDENTIALS_CHANGED)."""
+        proof = self.fresh_proof(old_password)
+        keys = derive_keys(new_password, secrets.token_bytes(16), self.kdf_iterations(iterations))
+        self.request(Op.PASSWORD_CHANGE, client_proof=proof, salt=keys.salt,
+                     iterations=keys.iterations, stored_key=keys.stored_key,
+                     server_key=keys.server_key)
+        self.keys = keys
+        return keys
+
+    def delete_account(self, password):
+        """ACCOUNT_DELETE with a fresh proof of `password`; the server then closes every
+        connection of the account, this one included."""
+        result = self.request(Op.ACCOUNT_DELETE, client_proof=self.fresh_proof(password))
         self.username = None
         return result
 

@@ -1295,6 +1295,45 @@ def _(env):
 # Devices
 # ---------------------------------------------------------------------------------------------
 
+@case("accounts: PASSWORD_CHANGE needs a fresh proof; the other sessions are closed; only the "
+      "new password logs in")
+def _(env):
+    name = env.register("pw")
+    laptop, phone = env.login(name, "laptop"), env.login(name, "phone")
+    expect_error("AUTH_FAILED", laptop.change_password, "not the password", "new secret")
+    new_keys = laptop.change_password(env.passwords[name], "new secret",
+                                      iterations=TEST_ITERATIONS)
+    expect_close_with(phone, "CREDENTIALS_CHANGED")
+    laptop.ping()
+    stale = env.connect()
+    expect_error("AUTH_FAILED", stale.login, name, env.passwords[name],
+                 device=env.device(name, "laptop"))
+    fresh = env.connect()
+    fresh.login(name, "new secret", device=env.device(name, "laptop"))
+    env.passwords[name], env.keys[name] = "new secret", new_keys
+
+
+@case("accounts: ACCOUNT_DELETE tells friends, keeps their history under a marked name and "
+      "keeps the name taken")
+def _(env):
+    alice, bob = env.user("del"), env.user("friend")
+    make_friends(alice, bob)
+    alice.send(bob.username, "remember me")
+    bob.wait_push(Op.DELIVER, timeout=PUSH_TIMEOUT)
+    gone = alice.username
+    alice.delete_account(env.passwords[gone])
+    alice.wait_closed(PUSH_TIMEOUT)
+    removed = bob.wait_push(Op.FRIEND_EVENT, lambda f: f["event"] == FRIEND_REMOVED,
+                            timeout=PUSH_TIMEOUT)
+    eq(removed["username"], gone, "who removed bob")
+    senders = [m["sender"] for m in bob.history(peer=gone)["messages"]]
+    eq(senders, [gone + " (deleted)"], "the sender of the kept message")
+    again = env.connect()
+    expect_error("USERNAME_TAKEN", again.register, gone, "pw", iterations=TEST_ITERATIONS)
+    expect_error("AUTH_FAILED", again.login, gone, env.passwords[gone],
+                 device=env.device(gone))
+
+
 @case("devices: three devices offline at different times each get every item once, in order")
 def _(env):
     a, c = env.user("a"), env.user("c")
