@@ -128,28 +128,36 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY_BEFORE=$(ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s%s %s%%", (NR>1?", ":""), $2, $1}')
 
 # ---------------------------------------------------------------- im-server
-mkdir -p "$WORK/im"
-# The drain runs measure pushing a backlog of $DRAIN messages, so the device backlog cap (past
-# which a device gets SYNC_GAP and only the newest entries) must lie above it.
-SERVER_CMD=("${PIN_SERVER[@]}" "$SERVER" --listen 127.0.0.1:0 --db "$WORK/im/bench.db"
-    --min-kdf-iterations 1000 --max-connections 19500
-    --send-rate 0 --max-offline 0 --max-sessions 0 --device-backlog-cap $((2 * DRAIN))
-    --max-pending-requests 65535 --max-friends 65535)
-quoted "${SERVER_CMD[@]}" | sed "s#$ROOT/##g; s#$WORK#\$TMP#g" >>"$COMMANDS"
-# Made here, not by the background job's redirection, so the sed below never runs before it
-# exists (under pipefail a missing file would end the script).
-: >"$WORK/im/stdout"
-"${SERVER_CMD[@]}" >"$WORK/im/stdout" 2>"$WORK/im/stderr" &
-IM_PID=$!
-STARTED_PIDS+=("$IM_PID")
-ADDR=
-for _ in $(seq 100); do
-    ADDR=$(sed -n 's/^listening on //p' "$WORK/im/stdout" | head -1)
-    [ -n "$ADDR" ] && break
-    sleep 0.1
-done
-[ -n "$ADDR" ] || { log "im-server did not start:"; cat "$WORK/im/stderr" >&2; exit 1; }
-sleep 0.3
+# start_im NAME [FLAGS...]: starts im-server on a fresh directory $WORK/NAME with the bench
+# flags plus FLAGS; sets IM_PID, ADDR (plain) and TLS_ADDR (when --tls-listen is among FLAGS).
+start_im() {
+    local name=$1; shift
+    mkdir -p "$WORK/$name"
+    # The drain runs measure pushing a backlog of $DRAIN messages, so the device backlog cap
+    # (past which a device gets SYNC_GAP and only the newest entries) must lie above it.
+    SERVER_CMD=("${PIN_SERVER[@]}" "$SERVER" --listen 127.0.0.1:0 --db "$WORK/$name/bench.db"
+        --min-kdf-iterations 1000 --max-connections 19500
+        --send-rate 0 --max-offline 0 --max-sessions 0 --device-backlog-cap $((2 * DRAIN))
+        --max-pending-requests 65535 --max-friends 65535 "$@")
+    quoted "${SERVER_CMD[@]}" | sed "s#$ROOT/##g; s#$WORK#\$TMP#g" >>"$COMMANDS"
+    # Made here, not by the background job's redirection, so the sed below never runs before
+    # it exists (under pipefail a missing file would end the script).
+    : >"$WORK/$name/stdout"
+    "${SERVER_CMD[@]}" >"$WORK/$name/stdout" 2>"$WORK/$name/stderr" &
+    IM_PID=$!
+    STARTED_PIDS+=("$IM_PID")
+    ADDR=
+    for _ in $(seq 100); do
+        ADDR=$(sed -n 's/^listening on //p' "$WORK/$name/stdout" | head -1)
+        TLS_ADDR=$(sed -n 's/^listening for TLS on //p' "$WORK/$name/stdout" | head -1)
+        if [ -n "$ADDR" ] && { [ -n "$TLS_ADDR" ] || [[ " $* " != *" --tls-listen "* ]]; }; then break; fi
+        sleep 0.1
+    done
+    [ -n "$ADDR" ] || { log "im-server did not start:"; cat "$WORK/$name/stderr" >&2; exit 1; }
+    sleep 0.3
+}
+
+start_im im
 IM_RSS_START=$(awk '/^VmRSS:/ {print $2}' "/proc/$IM_PID/status")
 IM_BINARY_BYTES=$(stat -c %s "$SERVER")
 log "im-server $IM_PID on $ADDR (RSS at start ${IM_RSS_START} KiB)"
@@ -165,6 +173,21 @@ run "im drain-devices" "${IM[@]}" "${SECONDS_ARG[@]}" drain --messages $DRAIN --
 run "im idle" "${IM[@]}" "${IDLE_ARGS[@]}" idle --connections $IDLE
 stop "$IM_PID"
 
+# ---------------------------------------------------------------- im-server over TLS
+# A self-signed certificate for localhost, trusted by im-bench with --tls-ca; Redis gets the
+# same one below. TLS idle connections are fewer: each holds a TLS session on both sides.
+CERTS="$WORK/certs"
+"$ROOT/scripts/make-cert.sh" "$CERTS" localhost 127.0.0.1 >/dev/null
+TLS_IDLE=$(( IDLE < 5000 ? IDLE : 5000 ))
+start_im im-tls --tls-listen 127.0.0.1:0 --tls-cert "$CERTS/cert.pem" --tls-key "$CERTS/key.pem"
+log "im-server $IM_PID on $TLS_ADDR (TLS)"
+T=(--addr "$TLS_ADDR" --server-pid "$IM_PID" --tls --tls-ca "$CERTS/cert.pem")
+run "im-tls pairs-large" "${T[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_LARGE --window $WINDOW --body $BODY
+run "im-tls fanout" "${T[@]}" "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
+run "im-tls login" "${T[@]}" "${SECONDS_ARG[@]}" login --connections $LOGIN_CONNS
+run "im-tls idle" "${T[@]}" "${IDLE_ARGS[@]}" idle --connections $TLS_IDLE
+stop "$IM_PID"
+
 # ---------------------------------------------------------------- Redis
 REDIS_SERVER=$(command -v redis-server || true)
 if [ -z "$REDIS_SERVER" ] && [ "$MODE" = full ]; then
@@ -175,23 +198,39 @@ fi
 REDIS_VERSION=none
 if [ -n "$REDIS_SERVER" ]; then
     REDIS_VERSION=$("$REDIS_SERVER" --version | sed 's/^Redis server //; s/ sha=.*//')
-    for setup in redis redis-streams; do
+    for setup in redis redis-streams redis-tls; do
         dir="$WORK/$setup"
         mkdir -p "$dir"
         port=$(free_port)
-        if [ "$setup" = redis ]; then
-            persist=(--save '' --appendonly no)
-        else
-            persist=(--save '' --appendonly yes --appendfsync everysec)
-        fi
-        REDIS_CMD=("${PIN_SERVER[@]}" "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --protected-mode no --dir "$dir"
+        listen=(--port "$port")
+        tls=()
+        case "$setup" in
+            redis) persist=(--save '' --appendonly no) ;;
+            redis-streams) persist=(--save '' --appendonly yes --appendfsync everysec) ;;
+            redis-tls)
+                persist=(--save '' --appendonly no)
+                listen=(--port 0 --tls-port "$port" --tls-cert-file "$CERTS/cert.pem" --tls-key-file "$CERTS/key.pem"
+                    --tls-ca-cert-file "$CERTS/cert.pem" --tls-auth-clients no)
+                tls=(--tls --tls-ca "$CERTS/cert.pem")
+                ;;
+        esac
+        REDIS_CMD=("${PIN_SERVER[@]}" "$REDIS_SERVER" "${listen[@]}" --bind 127.0.0.1 --protected-mode no --dir "$dir"
             "${persist[@]}" --maxclients 19500 --daemonize no --logfile "$dir/redis.log")
         quoted "${REDIS_CMD[@]}" | sed "s#$WORK#\$TMP#g" >>"$COMMANDS"
         "${REDIS_CMD[@]}" &
         rpid=$!
         STARTED_PIDS+=("$rpid")
         wait_port "$port"
-        R=(--addr "127.0.0.1:$port" --server-pid "$rpid" --target "$setup")
+        target=$setup
+        [ "$setup" = redis-tls ] && target=redis
+        R=(--addr "127.0.0.1:$port" --server-pid "$rpid" --target "$target" "${tls[@]}")
+        if [ "$setup" = redis-tls ]; then
+            run "$setup pairs-large" "${R[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_LARGE --window $WINDOW --body $BODY
+            run "$setup fanout" "${R[@]}" "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
+            run "$setup idle" "${R[@]}" "${IDLE_ARGS[@]}" idle --connections $TLS_IDLE
+            stop "$rpid"
+            continue
+        fi
         run "$setup pairs-small" "${R[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_SMALL --window $WINDOW --body $BODY
         run "$setup pairs-large" "${R[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_LARGE --window $WINDOW --body $BODY
         run "$setup fanout" "${R[@]}" "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
@@ -318,6 +357,30 @@ row("drain ${DRAIN} on ${DRAIN_DEVICES} devices", "drain-devices", "delivered/s 
 row("drain ${DRAIN} on ${DRAIN_DEVICES} devices", "drain-devices", "server CPU while draining", "server_cpu_pct", " %", im_only=True)
 row("drain ${DRAIN} on ${DRAIN_DEVICES} devices", "drain-devices", "server CPU per delivery", "server_cpu_us_per_message", " µs", im_only=True)
 row("drain ${DRAIN} on ${DRAIN_DEVICES} devices", "drain-devices", "verified", "verified", im_only=True)
+out("")
+out("### Over TLS")
+out("")
+out("The same shapes with every connection in TLS (im-server's \`--tls-listen\`, Redis's \`--tls-port\`;")
+out("one self-signed P-256 certificate; TLS 1.3 with rustls on both im-bench's side and im-server's,")
+out("OpenSSL on Redis's). The last column is what TLS costs im-server: TLS ÷ plain text, same run.")
+out("")
+out("| shape | metric | im-server TLS | Redis pub/sub TLS | ÷ pub/sub TLS | im-server plain | TLS ÷ plain |")
+out("|---|---|---|---|---|---|---|")
+def tls_row(shape, label, metric, key, unit="", im_only=False):
+    a = get("im-tls " + label, key)
+    b = None if im_only else get("redis-tls " + label, key)
+    p = get("im " + label, key)
+    out(f"| {shape} | {metric} | {fmt(a, unit)} | {fmt(b, unit)} | {ratio(a, b)} | {fmt(p, unit)} | {ratio(a, p)} |")
+for label, shape in (("pairs-large", "pairs ${PAIRS_LARGE} × W${WINDOW} × ${BODY} B"),
+                     ("fanout", "fanout ${FANOUT} members")):
+    tls_row(shape, label, "deliveries/s", "deliveries_per_s")
+    tls_row(shape, label, "latency p99", "latency_p99_us", " µs")
+    tls_row(shape, label, "server CPU per delivery", "server_cpu_us_per_delivery", " µs")
+    tls_row(shape, label, "verified", "verified")
+tls_row("login, ${LOGIN_CONNS} connections", "login", "SCRAM logins/s (each a new TLS session)", "logins_per_s", im_only=True)
+tls_row("login, ${LOGIN_CONNS} connections", "login", "server CPU per login", "server_cpu_us_per_login", " µs", im_only=True)
+tls_row("idle (${TLS_IDLE} TLS connections)", "idle", "KiB per connection", "kib_per_connection")
+tls_row("idle (${TLS_IDLE} TLS connections)", "idle", "verified", "verified")
 out("")
 out("## Targets of issue 4")
 out("")

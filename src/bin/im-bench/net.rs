@@ -6,10 +6,13 @@
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
+use rustls::pki_types::ServerName;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes read per `read` call, into a buffer shared by every connection.
@@ -36,8 +39,17 @@ pub enum SourceAddrs {
     Rotate(u8),
 }
 
+/// TLS for every connection (`--tls`): the configuration and the name to verify.
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
 struct Conn {
     stream: TcpStream,
+    /// The TLS session over `stream`, with `--tls`: `rbuf` and `wbuf` hold plaintext.
+    tls: Option<Box<ClientConnection>>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     wpos: usize,
@@ -64,13 +76,14 @@ pub struct Net {
     scratch: Box<[u8]>,
     dirty: Vec<usize>,
     sources: SourceAddrs,
+    tls: Option<Tls>,
     /// Whether the kernel ran out of ports, so that every new socket rotates.
     rotating: bool,
     next_source: u64,
 }
 
 impl Net {
-    pub fn new(sources: SourceAddrs) -> io::Result<Net> {
+    pub fn new(sources: SourceAddrs, tls: Option<Tls>) -> io::Result<Net> {
         Ok(Net {
             poll: Poll::new()?,
             events: Events::with_capacity(4096),
@@ -78,6 +91,7 @@ impl Net {
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
             sources,
+            tls,
             rotating: false,
             next_source: 0,
         })
@@ -86,11 +100,22 @@ impl Net {
     /// Starts a non-blocking connect; bytes may be queued at once and leave when it completes.
     pub fn connect(&mut self, addr: SocketAddr, tag: usize) -> io::Result<usize> {
         let mut stream = self.open(addr)?;
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => {
+                let mut session = ClientConnection::new(Arc::clone(&tls.config), tls.name.clone())
+                    .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+                // The phases queue whole windows at once; rustls holds them until they are sent.
+                session.set_buffer_limit(None);
+                Some(Box::new(session))
+            }
+        };
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(Conn {
             stream,
+            tls,
             rbuf: Vec::new(),
             wbuf: Vec::new(),
             wpos: 0,
@@ -172,7 +197,8 @@ impl Net {
                 failed.push((token, format!("write failed: {e}")));
                 continue;
             }
-            let want = conn.wpos < conn.wbuf.len() || !conn.connected;
+            let tls_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
+            let want = conn.wpos < conn.wbuf.len() || !conn.connected || tls_pending;
             if want != conn.writable_interest {
                 let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
                 if let Err(e) = self.poll.registry().reregister(&mut conn.stream, Token(token), interest) {
@@ -219,6 +245,21 @@ impl Net {
                 }
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
+                if conn.tls.is_some() {
+                    let (got, closed) = read_tls(conn, &mut self.scratch);
+                    if got {
+                        out.push(NetEvent::Data(token));
+                    }
+                    if conn.tls.as_ref().is_some_and(|t| t.wants_write()) && !conn.dirty {
+                        // The handshake answers reads with writes of its own.
+                        conn.dirty = true;
+                        self.dirty.push(token);
+                    }
+                    if let Some(why) = closed {
+                        out.push(NetEvent::Closed(token, why));
+                    }
+                    continue;
+                }
                 let mut got = false;
                 let mut closed = None;
                 loop {
@@ -280,8 +321,76 @@ fn bind_and_connect(source: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream>
     Ok(TcpStream::from_std(socket.into()))
 }
 
+/// Reads TLS records until the socket would block and moves the plaintext into `rbuf`;
+/// returns whether plaintext arrived and why the connection ended, if it did.
+fn read_tls(conn: &mut Conn, scratch: &mut [u8]) -> (bool, Option<String>) {
+    let Some(tls) = conn.tls.as_mut() else { return (false, None) };
+    let mut closed = None;
+    loop {
+        match tls.read_tls(&mut conn.stream) {
+            Ok(0) => {
+                closed = Some("the peer closed the connection".to_string());
+                break;
+            }
+            Ok(_) => {
+                conn.connected = true;
+                if let Err(e) = tls.process_new_packets() {
+                    closed = Some(format!("TLS: {e}"));
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
+            Err(e) => {
+                closed = Some(format!("read failed: {e}"));
+                break;
+            }
+        }
+    }
+    let mut got = false;
+    loop {
+        match tls.reader().read(scratch) {
+            Ok(0) => {
+                closed.get_or_insert_with(|| "the peer closed the TLS session".to_string());
+                break;
+            }
+            Ok(n) => {
+                conn.rbuf.extend_from_slice(&scratch[..n]);
+                got = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                closed.get_or_insert_with(|| format!("TLS: {e}"));
+                break;
+            }
+        }
+    }
+    (got, closed)
+}
+
 fn write_out(conn: &mut Conn) -> io::Result<()> {
     if !conn.connected {
+        return Ok(());
+    }
+    if let Some(tls) = conn.tls.as_mut() {
+        if conn.wpos < conn.wbuf.len() {
+            tls.writer().write_all(&conn.wbuf[conn.wpos..])?;
+            conn.wbuf.clear();
+            conn.wpos = 0;
+            if conn.wbuf.capacity() > KEEP_READ_CAPACITY {
+                conn.wbuf = Vec::new();
+            }
+        }
+        while tls.wants_write() {
+            match tls.write_tls(&mut conn.stream) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         return Ok(());
     }
     while conn.wpos < conn.wbuf.len() {
