@@ -129,7 +129,8 @@ BUSY_BEFORE=$(ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s%s %s%
 
 # ---------------------------------------------------------------- im-server
 # start_im NAME [FLAGS...]: starts im-server on a fresh directory $WORK/NAME with the bench
-# flags plus FLAGS; sets IM_PID, ADDR (plain) and TLS_ADDR (when --tls-listen is among FLAGS).
+# flags plus FLAGS; sets IM_PID, ADDR (plain), TLS_ADDR and HTTP_ADDR (when --tls-listen or
+# --http-listen is among FLAGS).
 start_im() {
     local name=$1; shift
     mkdir -p "$WORK/$name"
@@ -150,7 +151,9 @@ start_im() {
     for _ in $(seq 100); do
         ADDR=$(sed -n 's/^listening on //p' "$WORK/$name/stdout" | head -1)
         TLS_ADDR=$(sed -n 's/^listening for TLS on //p' "$WORK/$name/stdout" | head -1)
-        if [ -n "$ADDR" ] && { [ -n "$TLS_ADDR" ] || [[ " $* " != *" --tls-listen "* ]]; }; then break; fi
+        HTTP_ADDR=$(sed -n 's/^listening for HTTP on //p' "$WORK/$name/stdout" | head -1)
+        if [ -n "$ADDR" ] && { [ -n "$TLS_ADDR" ] || [[ " $* " != *" --tls-listen "* ]]; } &&
+            { [ -n "$HTTP_ADDR" ] || [[ " $* " != *" --http-listen "* ]]; }; then break; fi
         sleep 0.1
     done
     [ -n "$ADDR" ] || { log "im-server did not start:"; cat "$WORK/$name/stderr" >&2; exit 1; }
@@ -186,6 +189,15 @@ run "im-tls pairs-large" "${T[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_LARG
 run "im-tls fanout" "${T[@]}" "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
 run "im-tls login" "${T[@]}" "${SECONDS_ARG[@]}" login --connections $LOGIN_CONNS
 run "im-tls idle" "${T[@]}" "${IDLE_ARGS[@]}" idle --connections $TLS_IDLE
+stop "$IM_PID"
+
+# ---------------------------------------------------------------- im-server over WebSocket
+# What the browser client costs: the same frames, one per WebSocket message (--http-listen).
+start_im im-ws --http-listen 127.0.0.1:0
+log "im-server $IM_PID on $HTTP_ADDR (WebSocket)"
+W=(--addr "$HTTP_ADDR" --server-pid "$IM_PID" --ws)
+run "im-ws pairs-large" "${W[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_LARGE --window $WINDOW --body $BODY
+run "im-ws fanout" "${W[@]}" "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
 stop "$IM_PID"
 
 # ---------------------------------------------------------------- Redis
@@ -381,6 +393,23 @@ tls_row("login, ${LOGIN_CONNS} connections", "login", "SCRAM logins/s (each a ne
 tls_row("login, ${LOGIN_CONNS} connections", "login", "server CPU per login", "server_cpu_us_per_login", " µs", im_only=True)
 tls_row("idle (${TLS_IDLE} TLS connections)", "idle", "KiB per connection", "kib_per_connection")
 tls_row("idle (${TLS_IDLE} TLS connections)", "idle", "verified", "verified")
+out("")
+out("### Over WebSocket")
+out("")
+out("The same shapes with every client on a WebSocket (\`--http-listen\`, one protocol frame per")
+out("binary message, as the browser client sends them), beside raw TCP from the same run.")
+out("")
+out("| shape | metric | im-server WebSocket | im-server TCP | WebSocket ÷ TCP | Redis pub/sub (TCP) | WebSocket ÷ pub/sub |")
+out("|---|---|---|---|---|---|---|")
+def ws_row(shape, label, metric, key, unit=""):
+    a, p, r = get("im-ws " + label, key), get("im " + label, key), get("redis " + label, key)
+    out(f"| {shape} | {metric} | {fmt(a, unit)} | {fmt(p, unit)} | {ratio(a, p)} | {fmt(r, unit)} | {ratio(a, r)} |")
+for label, shape in (("pairs-large", "pairs ${PAIRS_LARGE} × W${WINDOW} × ${BODY} B"),
+                     ("fanout", "fanout ${FANOUT} members")):
+    ws_row(shape, label, "deliveries/s", "deliveries_per_s")
+    ws_row(shape, label, "latency p99", "latency_p99_us", " µs")
+    ws_row(shape, label, "server CPU per delivery", "server_cpu_us_per_delivery", " µs")
+    ws_row(shape, label, "verified", "verified")
 out("")
 out("## Targets of issue 4")
 out("")

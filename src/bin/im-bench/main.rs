@@ -88,6 +88,11 @@ struct Args {
     #[arg(long, global = true, requires = "tls")]
     tls_ca: Option<std::path::PathBuf>,
 
+    /// Speak the protocol inside WebSocket messages (im-server's --http-listen, or its TLS
+    /// port with --tls): one frame per binary message.
+    #[arg(long, global = true)]
+    ws: bool,
+
     /// With --tls: the name the server's certificate must carry.
     #[arg(long, global = true, default_value = "localhost")]
     tls_name: String,
@@ -179,6 +184,8 @@ pub struct Common {
     pub sources: SourceAddrs,
     /// With `--tls`: every connection's TLS configuration.
     pub tls: Option<net::Tls>,
+    /// With `--ws`: every connection speaks WebSocket.
+    pub ws: bool,
     /// Prepended to every user, channel and stream name; random per run.
     pub prefix: String,
     /// The origin of the send times carried in message bodies.
@@ -256,6 +263,7 @@ fn main() -> ExitCode {
         concurrency: args.concurrency.max(1),
         receiver_ack: !args.no_receiver_ack,
         sources: if args.source_ips == 0 { SourceAddrs::Auto } else { SourceAddrs::Rotate(args.source_ips) },
+        ws: args.ws,
         tls: match tls_config(&args) {
             Ok(tls) => tls,
             Err(e) => {
