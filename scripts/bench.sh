@@ -5,6 +5,12 @@
 #   scripts/bench.sh            the full run (under 10 minutes), writes BENCHMARKS.md
 #   scripts/bench.sh --smoke    every shape for about a second with tiny sizes; checks only that
 #                               each runs and verifies delivery (for CI); writes nothing
+#   scripts/bench.sh --quick    the full report from small sizes and 2-second windows (to check
+#                               the report itself; the figures mean little)
+#   scripts/bench.sh --repeat=N the pairs and fanout rows N times each (default 3), reporting the
+#                               median of each figure; other rows run once
+# The full run takes about 20 minutes here; it also draws BENCHMARKS-timeline.svg, the
+# per-second deliveries and p99.9 of pairs-100 for im-server and Redis pub/sub.
 #
 # Servers are pinned to CPU 0 and the bench to CPU 1 (taskset), each server on a fresh temporary
 # directory. Only the processes this script starts are stopped, by PID, when it exits.
@@ -12,10 +18,13 @@ set -euo pipefail
 
 MODE=full
 OUT=
+REPEAT=3
 for arg in "$@"; do
     case "$arg" in
         --smoke) MODE=smoke ;;
+        --quick) MODE=quick ;;
         --out=*) OUT="${arg#--out=}" ;;
+        --repeat=*) REPEAT="${arg#--repeat=}" ;;
         -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
@@ -68,8 +77,10 @@ fi
 
 # Sizes.
 NOFILE=$(ulimit -n)
-if [ "$MODE" = smoke ]; then
+if [ "$MODE" = smoke ] || [ "$MODE" = quick ]; then
+    [ "$MODE" = smoke ] && REPEAT=1
     SECONDS_ARG=(--seconds 1 --warmup 0.2 --timeout 60)
+    [ "$MODE" = quick ] && SECONDS_ARG=(--seconds 3 --warmup 0.2 --timeout 60)
     PAIRS_SMALL=2; PAIRS_LARGE=4; WINDOW=4; BODY=64
     FANOUT=5; IDLE=20; LOGIN_CONNS=4; DRAIN=500
 else
@@ -84,7 +95,7 @@ else
 fi
 DRAIN_DEVICES=3
 IDLE_ARGS=(--seconds 5 --timeout 180)
-[ "$MODE" = smoke ] && IDLE_ARGS=(--seconds 1 --timeout 60)
+[ "$MODE" != full ] && IDLE_ARGS=(--seconds 1 --timeout 60)
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -100,8 +111,15 @@ wait_port() {
     return 1
 }
 
-# run LABEL ARGS...: one im-bench run; its JSON line goes to $RESULTS under LABEL.
+# run LABEL ARGS...: one im-bench run; its JSON line goes to $RESULTS under LABEL. The pairs
+# and fanout shapes run $REPEAT times; the report takes the median of each figure.
 run() {
+    local times=1
+    [[ "$*" == *" pairs "* || "$*" == *" fanout "* ]] && times=$REPEAT
+    for _ in $(seq "$times"); do run_once "$@"; done
+}
+
+run_once() {
     local label=$1; shift
     local cmd=("${PIN_BENCH[@]}" "$BENCH" "$@" --json)
     quoted "${cmd[@]}" | sed "s#$ROOT/##g" >>"$COMMANDS"
@@ -265,13 +283,43 @@ MEM_TOTAL=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
 python3 - "$RESULTS" "$COMMANDS" "$OUT" <<PY
 import json, sys
 results_path, commands_path, out_path = sys.argv[1:4]
-rows = {}
+runs = {}
 for line in open(results_path):
     label, _, data = line.rstrip("\n").partition("\t")
     try:
-        rows[label] = json.loads(data)
+        runs.setdefault(label, []).append(json.loads(data))
     except ValueError:
-        rows[label] = {"verified": False, "failures": ["unparsable output: " + data[:200]]}
+        runs.setdefault(label, []).append({"verified": False, "failures": ["unparsable output: " + data[:200]]})
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+def merge(label, results):
+    """One row per label: the median of each number over its runs (the middle run's timeline);
+    verified only if every run verified; every run's failures and warnings."""
+    if len(results) == 1:
+        return results[0]
+    merged = {"runs": len(results)}
+    for key in results[0]:
+        values = [r.get(key) for r in results]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            merged[key] = median(values)
+        elif key == "verified":
+            merged[key] = all(values)
+        elif key in ("failures", "warnings"):
+            merged[key] = [f"run {i + 1}: {x}" for i, r in enumerate(results) for x in r.get(key, [])]
+        else:
+            merged[key] = values[0]
+    rates = [r.get("deliveries_per_s") for r in results]
+    if all(isinstance(v, (int, float)) for v in rates):
+        middle = sorted(range(len(results)), key=lambda i: rates[i])[len(results) // 2]
+        if "timeline" in results[middle]:
+            merged["timeline"] = results[middle]["timeline"]
+        merged["deliveries_per_s_runs"] = rates
+    return merged
+
+rows = {label: merge(label, results) for label, results in runs.items()}
 commands = [c.rstrip("\n") for c in open(commands_path)]
 
 def get(label, key):
@@ -283,6 +331,8 @@ def fmt(v, unit=""):
         return "—"
     if isinstance(v, bool):
         return "yes" if v else "**no**"
+    if isinstance(v, int):
+        return f"{v:,}" + unit
     if abs(v) >= 100:
         s = f"{v:,.0f}"
     elif abs(v) >= 10:
@@ -295,6 +345,40 @@ def ratio(a, b):
     if a is None or b is None or b == 0 or isinstance(a, bool) or isinstance(b, bool):
         return "—"
     return f"{a / b:.2f}×"
+
+def draw_timeline(path, series):
+    """An SVG of deliveries/s (top) and p99.9 in ms (bottom) per second, one line per series of
+    (name, [[deliveries, p999_us], ...], colour); nothing is written without data."""
+    series = [(n, t, c) for n, t, c in series if t]
+    if not series:
+        return
+    width, height, left, top, gap, panel = 760, 420, 70, 30, 40, 160
+    seconds = max(len(t) for _, t, _ in series)
+    top_max = max(v[0] for _, t, _ in series for v in t) * 1.1 or 1
+    low_max = max(v[1] / 1000 for _, t, _ in series for v in t) * 1.1 or 1
+    x = lambda i: left + (width - left - 20) * (i + 0.5) / seconds
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="white"/>']
+    for p, (title, vmax, unit) in enumerate((("deliveries per second", top_max, ""), ("p99.9 latency per second (ms)", low_max, " ms"))):
+        y0 = top + p * (panel + gap)
+        parts.append(f'<text x="{left}" y="{y0 - 8}" font-weight="bold">{title}</text>')
+        parts.append(f'<rect x="{left}" y="{y0}" width="{width - left - 20}" height="{panel}" fill="none" stroke="#999"/>')
+        for k in range(5):
+            v = vmax * k / 4
+            y = y0 + panel - panel * k / 4
+            label = f"{v:,.0f}" if p == 0 else f"{v:.1f}"
+            parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end" fill="#555">{label}</text>')
+            parts.append(f'<line x1="{left}" x2="{width - 20}" y1="{y}" y2="{y}" stroke="#eee"/>')
+        for name, t, colour in series:
+            pts = " ".join(f"{x(i):.1f},{y0 + panel - panel * ((v[0] if p == 0 else v[1] / 1000) / vmax):.1f}" for i, v in enumerate(t))
+            parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2"/>')
+    for i in range(seconds):
+        parts.append(f'<text x="{x(i):.1f}" y="{top + 2 * panel + gap + 16}" text-anchor="middle" fill="#555">{i + 1}</text>')
+    for j, (name, _, colour) in enumerate(series):
+        parts.append(f'<rect x="{left + 160 * j}" y="{height - 18}" width="12" height="12" fill="{colour}"/>')
+        parts.append(f'<text x="{left + 160 * j + 18}" y="{height - 8}">{name}</text>')
+    parts.append("</svg>")
+    open(path, "w").write("\n".join(parts) + "\n")
 
 lines = []
 out = lines.append
@@ -410,6 +494,47 @@ for label, shape in (("pairs-large", "pairs ${PAIRS_LARGE} × W${WINDOW} × ${BO
     ws_row(shape, label, "latency p99", "latency_p99_us", " µs")
     ws_row(shape, label, "server CPU per delivery", "server_cpu_us_per_delivery", " µs")
     ws_row(shape, label, "verified", "verified")
+out("")
+out("## Stalls: pairs ${PAIRS_SMALL}, second by second")
+out("")
+out("![deliveries and p99.9 per second](" + out_path.rsplit("/", 1)[-1].replace(".md", "-timeline.svg") + ")")
+out("")
+out("Each measured second of the pairs ${PAIRS_SMALL} run (the median run of ${REPEAT}): deliveries in that")
+out("second and the p99.9 latency of those deliveries. A stall shows as a dip in the first and a")
+out("spike in the second.")
+out("")
+out("| | im-server | Redis pub/sub |")
+out("|---|---|---|")
+for key, what in (("median_second_deliveries", "median second, deliveries"),
+                  ("seconds_below_80pct_of_median", "seconds below 80% of the median"),
+                  ("latency_p99_us", "p99 over the window (µs)"),
+                  ("latency_p999_us", "p99.9 over the window (µs)")):
+    out(f"| {what} | {fmt(get('im pairs-small', key))} | {fmt(get('redis pairs-small', key))} |")
+def p999_ratio(label):
+    a, b = get(label, "latency_p999_us"), get(label, "latency_p99_us")
+    return None if a is None or not b else a / b
+out(f"| p99.9 ÷ p99 | {fmt(p999_ratio('im pairs-small'))} | {fmt(p999_ratio('redis pairs-small'))} |")
+draw_timeline(out_path.replace(".md", "-timeline.svg"),
+              [("im-server", get("im pairs-small", "timeline"), "#1f77b4"),
+               ("Redis pub/sub", get("redis pairs-small", "timeline"), "#d62728")])
+out("")
+out("## Targets of issue 13")
+out("")
+out("| target | measured | met |")
+out("|---|---|---|")
+r999 = p999_ratio("im pairs-small")
+a = get("im pairs-small", "latency_p999_us")
+target_row = lambda name, measured, ok: out(f"| {name} | {measured} | {'—' if ok is None else ('yes' if ok else '**no**')} |")
+target_row("pairs ${PAIRS_SMALL}: p99.9 ≤ 3 × p99", f"{fmt(a, ' µs')} = {fmt(r999)} × p99", None if r999 is None else r999 <= 3)
+low = get("im pairs-small", "seconds_below_80pct_of_median")
+target_row("pairs ${PAIRS_SMALL}: no second below 80% of the median second", f"{fmt(low)} such seconds", None if low is None else low == 0)
+a, b = get("im fanout", "deliveries_per_s"), get("redis fanout", "deliveries_per_s")
+target_row("fanout ${FANOUT}: ≥ 1.0 × Redis pub/sub", f"{fmt(a)} vs {fmt(b)} ({ratio(a, b)})", None if a is None or b is None else a >= b)
+a, b, c = get("im pairs-large", "deliveries_per_s"), get("redis pairs-large", "deliveries_per_s"), get("redis-streams pairs-large", "deliveries_per_s")
+target_row("pairs ${PAIRS_LARGE}: ≥ 0.75 × Redis pub/sub", f"{fmt(a)} vs {fmt(b)} ({ratio(a, b)})", None if a is None or b is None else a >= 0.75 * b)
+target_row("pairs ${PAIRS_LARGE}: ≥ 2 × Redis streams + AOF", f"{fmt(a)} vs {fmt(c)} ({ratio(a, c)})", None if a is None or c is None else a >= 2 * c)
+a, c = get("im pairs-large", "latency_p99_us"), get("redis-streams pairs-large", "latency_p99_us")
+target_row("pairs ${PAIRS_LARGE}: p99 below Redis streams + AOF's", f"{fmt(a, ' µs')} vs {fmt(c, ' µs')}", None if a is None or c is None else a < c)
 out("")
 out("## Targets of issue 4")
 out("")
