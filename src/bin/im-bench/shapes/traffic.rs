@@ -392,6 +392,12 @@ pub fn run<W: Wire>(net: &mut Net, common: &Common, wire: W, plan: Plan, report:
     Ok(())
 }
 
+/// The median of `values` (the upper one of an even count); `None` when empty.
+fn median_of(mut values: Vec<u64>) -> Option<u64> {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,10 +413,4 @@ mod tests {
         assert_eq!(parse_body(b"short"), None);
         assert_eq!(parse_body(&[b'G'; 40]), None);
     }
-}
-
-/// The median of `values` (the upper one of an even count); `None` when empty.
-fn median_of(mut values: Vec<u64>) -> Option<u64> {
-    values.sort_unstable();
-    values.get(values.len() / 2).copied()
 }
