@@ -1,14 +1,20 @@
 """The slash commands: what each asks of the server and how its answer is shown."""
 
+import os
+import secrets
+
 from imclient import (
+    DEFAULT_ITERATIONS, auth_message, client_proof, derive_keys,
     KIND_DIRECT, KIND_GROUP, LOBBY_GROUP_ID, OLDER, Op)
 from .settings import DEFAULT_HISTORY, HISTORY_PAGE_LIMIT, USERNAME_RE
+from .login import ask_password
 from .model import Conversation, NotConnected
 from .text import SENTENCES, clean, clock, explain, plural
 
 
 COMMANDS = ["/add", "/accept", "/decline", "/remove", "/friends", "/msg", "/open", "/close",
-            "/history", "/read", "/group", "/g", "/devices", "/help", "/logout", "/quit"]
+            "/history", "/read", "/group", "/g", "/devices", "/password", "/delete-account",
+            "/help", "/logout", "/quit"]
 GROUP_SUBCOMMANDS = ["create", "invite", "leave", "members", "list"]
 DEVICE_SUBCOMMANDS = ["remove"]
 
@@ -29,6 +35,8 @@ Commands (Tab completes commands and names):
   /devices               your devices (phones, terminals…), which are online, this one marked
   /devices remove ID     forget a device (the first digits of its ID, or its name will do):
                          it is logged out, and starts afresh if it logs in again
+  /password              change your password (your other devices are logged out)
+  /delete-account NAME   delete your account (NAME is yours, to be sure)
   /logout                log out and go back to the login prompt
   /quit                  leave (Ctrl-D does the same)
 Keys: arrows and Ctrl-A/E move, Up/Down recall lines, Ctrl-U/K/W delete, Ctrl-L clears."""
@@ -62,6 +70,7 @@ class Commands:
             "/history": self.command_history, "/read": self.command_read,
             "/group": self.command_group, "/g": self.command_group_send,
             "/devices": self.command_devices,
+            "/password": self.command_password, "/delete-account": self.command_delete_account,
             "/help": self.command_help, "/logout": self.command_logout,
             "/quit": self.command_quit, "/exit": self.command_quit,
         }.get(command.lower())
@@ -472,6 +481,69 @@ class Commands:
             self.error(explain(error))
             self.outcome = "logout"
         self.request(Op.LOGOUT, answered, failed)
+
+    def ask_secret(self, prompt):
+        """A password typed without echo, the input line put aside meanwhile; None if empty."""
+        self.editor.stop()
+        try:
+            return ask_password(prompt) or None
+        finally:
+            self.editor.start()
+            self.update_prompt()
+
+    def fresh_proof_then(self, password, then):
+        """REAUTH_START, then `then(proof)` with the proof of `password` for its challenge."""
+        nonce = secrets.token_bytes(24)
+
+        def challenged(frame):
+            salt, iterations, full = frame["salt"], frame["iterations"], frame["nonce"]
+            if not full.startswith(nonce):
+                self.error("The server's challenge does not match ours; nothing was changed.")
+                return
+            keys = derive_keys(password, salt, iterations)
+            then(client_proof(keys, auth_message(self.username, nonce, salt, iterations, full)))
+        self.request(Op.REAUTH_START, challenged, client_nonce=nonce)
+
+    def command_password(self, _):
+        old = self.ask_secret("Current password: ")
+        new = old and self.ask_secret("New password: ")
+        again = new and self.ask_secret("New password again: ")
+        if not new or new != again:
+            self.error("The new passwords differ (or one was empty); nothing was changed.")
+            return
+        # IMCHAT_KDF_ITERATIONS: fewer rounds for tests, as at registration (cli.py).
+        wanted = int(os.environ.get("IMCHAT_KDF_ITERATIONS", DEFAULT_ITERATIONS))
+        iterations = max(wanted, self.client.hello_info["min_kdf_iterations"])
+
+        def prove(proof):
+            keys = derive_keys(new, secrets.token_bytes(16), iterations)
+
+            def changed(_):
+                self.keys = keys
+                self.note("Password changed. Your other devices were logged out; log them in "
+                          "with the new password.")
+            self.request(Op.PASSWORD_CHANGE, changed, client_proof=proof, salt=keys.salt,
+                         iterations=iterations, stored_key=keys.stored_key,
+                         server_key=keys.server_key)
+        self.note("Deriving keys…")
+        self.fresh_proof_then(old, prove)
+
+    def command_delete_account(self, rest):
+        if rest.strip() != self.username:
+            self.error("This deletes your account for good: your friends and groups are told, "
+                       "and the name stays taken for a while. To go ahead: /delete-account %s"
+                       % self.username)
+            return
+        password = self.ask_secret("Password, to confirm: ")
+        if not password:
+            return
+
+        def prove(proof):
+            def deleted(_):
+                self.note("Your account is deleted. Goodbye.")
+                self.outcome = "quit"
+            self.request(Op.ACCOUNT_DELETE, deleted, client_proof=proof)
+        self.fresh_proof_then(password, prove)
 
     def command_quit(self, _):
         if self.outbox and not self.quit_warned:
