@@ -311,7 +311,12 @@ class Browser:
             raise CheckFailed("%s; the conversation shows %s" % (error, self.messages()))
 
     def resize(self, width, height):
+        """Makes the page's viewport `width` x `height` (the window is larger by its frame)."""
         self.call("POST", "/window/rect", {"width": width, "height": height})
+        inner = self.run("return [window.innerWidth, window.innerHeight];")
+        if inner != [width, height]:
+            self.call("POST", "/window/rect", {"width": 2 * width - inner[0],
+                                               "height": 2 * height - inner[1]})
         self.size = (width, height)
 
     def screenshot(self, path):
@@ -760,6 +765,10 @@ def main():
                 print("0 passed, 1 failed")
                 return 1
     started = time.monotonic()
+    if os.path.isdir(args.screenshots):
+        for name in os.listdir(args.screenshots):
+            if name.endswith("-failure.png"):
+                os.remove(os.path.join(args.screenshots, name))
     with tempfile.TemporaryDirectory(prefix="web-test-") as workdir:
         server = Server(binary, workdir)
         driver = None
