@@ -52,7 +52,7 @@ STARTUP_TIMEOUT = 20.0
 POLL_INTERVAL = 0.1
 DESKTOP = (1280, 800)
 PHONE = (390, 844)
-PASSWORDS = {"alice": "correct horse alice", "bob": "battery staple bob"}
+PASSWORDS = {"alice": "correct horse alice", "bob": "battery staple bob", "carol": "carol's secret"}
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 SCROLLBACK_MESSAGES = 90
 # Small, so that a short absence is already a long one (SYNC_GAP): above every other absence
@@ -511,6 +511,22 @@ class Scenario:
         self.alice.wait("return !document.querySelector('[data-test=request-out-bob]');",
                         "the outgoing request to go")
 
+    def step_decline(self):
+        # carol (imclient) asks alice, who declines in the page; carol is told.
+        with self.server.client() as carol:
+            carol.register("carol", PASSWORDS["carol"], iterations=MIN_KDF_ITERATIONS)
+            carol.login("carol", PASSWORDS["carol"], device=Device.new("carol's terminal"))
+            carol.wait_sync()
+            carol.friend_request("alice")
+            self.alice.click("[data-test=request-decline-carol]")
+            self.alice.wait("return !document.querySelector('[data-test=request-in-carol]');",
+                            "the declined request to go")
+            event = carol.wait_push(imclient.Op.FRIEND_EVENT, timeout=WAIT_TIMEOUT)
+            check(event["event"] == imclient.FRIEND_DECLINED and event["username"] == "alice",
+                  "carol was told %s" % event)
+        check(not self.alice.run("return !!document.querySelector('[data-test=conversation-carol]');"),
+              "carol is in alice's list after the decline")
+
     def step_chat_both_ways(self):
         self.open_conversation(self.alice, "[data-test=conversation-bob]")
         self.send(self.alice, "hello bob")
@@ -678,11 +694,22 @@ class Scenario:
               "bob's keys stayed in storage after logging out")
         self.wait_online(self.alice, "bob", False)
 
+    def step_consoles_clean(self):
+        # Failed WebSocket connections while the server was down are expected; anything else
+        # (a script error, a CSP violation) is not.
+        errors = []
+        for browser in (self.alice, self.bob):
+            for line in browser.console():
+                if line.startswith("SEVERE") and "WebSocket connection to" not in line:
+                    errors.append("%s: %s" % (browser.name, line))
+        check(not errors, "console errors:\n" + "\n".join(errors))
+
     STEPS = [
         ("every file of the page is served as it is, with a strict CSP", "step_files_served"),
         ("codec and SCRAM inside the browser", "step_codec_and_scram_in_the_browser"),
         ("both register and log in (each browser a device)", "step_register_both"),
         ("a friend request, accepted; presence", "step_befriend"),
+        ("a friend request declined", "step_decline"),
         ("chat both ways: sending, sent, read; unread count", "step_chat_both_ways"),
         ("offline and back: login form without remember me, missed messages unread",
          "step_offline_and_back"),
@@ -693,6 +720,7 @@ class Scenario:
         ("scroll-back through HISTORY", "step_scroll_back"),
         ("server restart: reconnect, the unsent message sent once", "step_reconnect_and_resend"),
         ("logout: a reload shows the login form", "step_logout"),
+        ("no errors in the browsers' consoles", "step_consoles_clean"),
     ]
 
 
