@@ -54,8 +54,8 @@ from imclient import (  # noqa: E402
     FRIEND_YOU_ACCEPTED, FRIEND_YOU_ASKED, FRIEND_YOU_DECLINED, FRIEND_YOU_REMOVED,
     GROUP_JOINED, GROUP_LEFT, KIND_DIRECT, KIND_GROUP, LOBBY_GROUP_ID, MAX_DEVICE_NAME, OLDER,
     AuthenticationError, Client, ConnectionClosed, DerivedKeys, Device, Op, ProtocolError,
-    ServerError, auth_message, client_proof, derive_keys, is_item, new_device_id,
-    server_signature)
+    ServerError, TlsError, auth_message, client_proof, derive_keys, is_item, new_device_id,
+    server_signature, tls_context)
 
 DEFAULT_ADDR = "127.0.0.1:7878"
 # Seconds to wait for the server while connecting and logging in.
@@ -661,10 +661,11 @@ Keys: arrows and Ctrl-A/E move, Up/Down recall lines, Ctrl-U/K/W delete, Ctrl-L 
 class Chat:
     """One logged-in session in the terminal, across reconnections, until /logout or /quit."""
 
-    def __init__(self, editor, style, address, client, keys, device):
+    def __init__(self, editor, style, address, client, keys, device, tls=None):
         self.editor = editor
         self.style = style
         self.host, self.port = address
+        self.tls = tls
         self.client = client
         self.keys = keys
         self.device = device
@@ -950,7 +951,7 @@ class Chat:
         self.update_prompt()
 
     def reconnect(self):
-        client = Client(timeout=CONNECT_TIMEOUT)
+        client = Client(timeout=CONNECT_TIMEOUT, tls=self.tls)
         try:
             client.connect(self.host, self.port)
             client.hello()
@@ -1990,12 +1991,13 @@ class Connector:
     a connection that is not logged in within HELLO_OK's `login_timeout_secs`.
     """
 
-    def __init__(self, host, port):
+    def __init__(self, host, port, tls=None):
         self.host, self.port = host, port
+        self.tls = tls
         self.hello_info = None
 
     def open(self):
-        client = Client(timeout=CONNECT_TIMEOUT)
+        client = Client(timeout=CONNECT_TIMEOUT, tls=self.tls)
         client.connect(self.host, self.port)
         client.hello()
         self.hello_info = client.hello_info
@@ -2011,6 +2013,9 @@ class Connector:
         """Check that the server answers; returns its name, or None after saying why not."""
         try:
             client = self.open()
+        except TlsError as error:
+            print("Cannot talk TLS with the server at %s:%d: %s" % (self.host, self.port, error))
+            return None
         except (OSError, ProtocolError) as error:
             print("Cannot reach the server at %s:%d (%s). Is it running? Start it with "
                   "`cargo run --release`, or pass --addr HOST:PORT."
@@ -2197,6 +2202,12 @@ def parse_args(argv):
                         help="what /devices calls this device (1 to %d characters; default "
                              "\"imchat on HOSTNAME\"), saved in the device file"
                              % MAX_DEVICE_NAME)
+    parser.add_argument("--tls", action="store_true",
+                        help="talk TLS to the server's --tls-listen port, trusting the "
+                             "system's certificates")
+    parser.add_argument("--ca", metavar="FILE",
+                        help="trust only this certificate (PEM), e.g. a self-signed server's; "
+                             "implies --tls")
     # For tests: registering with fewer PBKDF2 rounds (the server must allow it).
     parser.add_argument("--kdf-iterations", type=int, help=argparse.SUPPRESS,
                         default=int(os.environ.get("IMCHAT_KDF_ITERATIONS",
@@ -2210,7 +2221,8 @@ def main(argv=None):
         print("A device name has 1 to %d characters." % MAX_DEVICE_NAME)
         return 2
     host, port = options.addr
-    connector = Connector(host, port)
+    tls = tls_context(options.ca) if options.tls or options.ca else None
+    connector = Connector(host, port, tls)
     color = (os.isatty(1) and "NO_COLOR" not in os.environ
              and os.environ.get("TERM", "dumb") != "dumb")
     style = Style(color)
@@ -2221,7 +2233,7 @@ def main(argv=None):
     server = connector.probe()
     if server is None:
         return 1
-    print("imchat: connected to %s at %s:%d." % (server, host, port))
+    print("imchat: connected to %s at %s:%d%s." % (server, host, port, " over TLS" if tls else ""))
     options.device = load_device(options.device_file, options.device_name)
     try:
         while True:
@@ -2230,7 +2242,7 @@ def main(argv=None):
                 break
             client, keys = session
             print("Hello %s! /help lists the commands; Tab completes them." % client.username)
-            chat = Chat(editor, style, (host, port), client, keys, options.device)
+            chat = Chat(editor, style, (host, port), client, keys, options.device, tls)
             if chat.run() == "quit":
                 break
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import secrets
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -55,6 +56,9 @@ class Op:
     LOGIN_START = 0x04
     LOGIN_FINISH = 0x05
     LOGOUT = 0x06
+    REAUTH_START = 0x07
+    PASSWORD_CHANGE = 0x08
+    ACCOUNT_DELETE = 0x09
     FRIEND_REQUEST = 0x10
     FRIEND_ACCEPT = 0x11
     FRIEND_DECLINE = 0x12
@@ -140,6 +144,8 @@ ERROR_NAMES = {
     36: "TOO_MANY_REQUESTS",
     37: "TOO_MANY_FRIENDS",
     38: "LOGIN_THROTTLED",
+    40: "CREDENTIALS_CHANGED",
+    41: "ACCOUNT_DELETED",
 }
 # Codes newer than this table (a newer server) still decode: ServerError names them
 # "ERROR_<code>" and keeps the server's message, so callers can act on the number.
@@ -189,6 +195,10 @@ SCHEMAS = {
     Op.LOGIN_START: [("username", STR), ("client_nonce", BYTES)],
     Op.LOGIN_FINISH: [("client_proof", BYTES), ("device_id", U64), ("device_name", STR)],
     Op.LOGOUT: [],
+    Op.REAUTH_START: [("client_nonce", BYTES)],
+    Op.PASSWORD_CHANGE: [("client_proof", BYTES), ("salt", BYTES), ("iterations", U32),
+                         ("stored_key", BYTES), ("server_key", BYTES)],
+    Op.ACCOUNT_DELETE: [("client_proof", BYTES)],
     Op.FRIEND_REQUEST: [("username", STR)],
     Op.FRIEND_ACCEPT: [("username", STR)],
     Op.FRIEND_DECLINE: [("username", STR)],
@@ -632,6 +642,18 @@ def _opcode_of(value):
     return OPCODES[value]
 
 
+class TlsError(ConnectionError):
+    """The TLS handshake failed: an untrusted certificate, or not a TLS port."""
+
+
+def tls_context(ca_file=None):
+    """A TLS context for `Client(tls=...)`: the system's trusted certificates, or only the
+    one in `ca_file` (PEM) for a server with a self-signed certificate. TLS 1.2 at least."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class Client:
     """One connection to im-server.
 
@@ -641,8 +663,10 @@ class Client:
     wait that is not given its own.
     """
 
-    def __init__(self, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, timeout=DEFAULT_TIMEOUT, tls=None):
         self.timeout = timeout
+        # An ssl.SSLContext (see `tls_context`) to speak TLS, or None for plain TCP.
+        self.tls = tls
         self.sock = None
         self.closed = False
         self.pushes = deque()
@@ -661,9 +685,24 @@ class Client:
     # -- connection -------------------------------------------------------------------------
 
     def connect(self, host, port):
-        """Open the TCP connection; returns self so that `Client().connect(h, p)` chains."""
-        self.sock = socket.create_connection((host, port), timeout=self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Open the connection (TCP, then the TLS handshake if the client has a TLS context);
+        returns self so that `Client().connect(h, p)` chains. A server whose certificate does
+        not verify raises TlsError with a sentence saying so."""
+        sock = socket.create_connection((host, port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLCertVerificationError as error:
+                sock.close()
+                raise TlsError("the server's certificate is not trusted (%s); for a self-signed "
+                               "certificate, pass --ca with that certificate's file"
+                               % error.verify_message) from None
+            except (ssl.SSLError, OSError) as error:
+                sock.close()
+                raise TlsError("the TLS handshake with %s:%s failed (%s): is it the server's "
+                               "TLS port?" % (host, port, getattr(error, "reason", None) or error)) from None
+        self.sock = sock
         self.closed = False
         return self
 
@@ -743,7 +782,7 @@ class Client:
             self.sock.settimeout(max(deadline - time.monotonic(), 0.0))
             try:
                 chunk = self.sock.recv(65536)
-            except (socket.timeout, BlockingIOError):
+            except (socket.timeout, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 raise TimeoutError("no frame from the server in time") from None
             except (ConnectionResetError, BrokenPipeError):
                 chunk = b""
@@ -951,6 +990,37 @@ class Client:
 
     def logout(self):
         result = self.request(Op.LOGOUT)
+        self.username = None
+        return result
+
+    # -- your account -----------------------------------------------------------------------
+
+    def fresh_proof(self, password):
+        """REAUTH_START, then the proof of `password` for its challenge: what PASSWORD_CHANGE
+        and ACCOUNT_DELETE ask for (PROTOCOL.md section 5, "Your account")."""
+        client_nonce = secrets.token_bytes(24)
+        challenge = self.request(Op.REAUTH_START, client_nonce=client_nonce)
+        salt, iterations, nonce = challenge["salt"], challenge["iterations"], challenge["nonce"]
+        if not nonce.startswith(client_nonce) or len(nonce) <= len(client_nonce):
+            raise AuthenticationError("the server's nonce does not extend ours")
+        keys = derive_keys(password, salt, iterations)
+        return client_proof(keys, auth_message(self.username, client_nonce, salt, iterations, nonce))
+
+    def change_password(self, old_password, new_password, iterations=None):
+        """PASSWORD_CHANGE with a fresh proof of `old_password`; returns the new DerivedKeys.
+        The account's other connections are closed by the server (CREDENTIALS_CHANGED)."""
+        proof = self.fresh_proof(old_password)
+        keys = derive_keys(new_password, secrets.token_bytes(16), self.kdf_iterations(iterations))
+        self.request(Op.PASSWORD_CHANGE, client_proof=proof, salt=keys.salt,
+                     iterations=keys.iterations, stored_key=keys.stored_key,
+                     server_key=keys.server_key)
+        self.keys = keys
+        return keys
+
+    def delete_account(self, password):
+        """ACCOUNT_DELETE with a fresh proof of `password`; the server then closes every
+        connection of the account, this one included."""
+        result = self.request(Op.ACCOUNT_DELETE, client_proof=self.fresh_proof(password))
         self.username = None
         return result
 

@@ -13,6 +13,10 @@ database; the cases that need a server of their own (limits, device caps, idle t
 durability, restart, shutdown) are skipped. `-k TEXT` runs only the cases whose name
 contains TEXT.
 
+With `--tls`, every case talks TLS: the server it starts also listens for TLS (on a
+certificate made with scripts/make-cert.sh) and the cases use that port only; with `--addr`,
+the server's certificate must verify against the system's trust store, or against `--ca FILE`.
+
 Every login names a device: `Env.device(name, label)` keeps one stable id per user and label
 ("main" unless a case says otherwise), as a real client keeps its id from run to run.
 
@@ -97,11 +101,20 @@ def expect_error(error_name, function, /, *args, **kwargs):
     raise CheckFailed("expected %s, got success %r" % (error_name, result))
 
 
+# The TLS context every client of the run uses (`--tls`), or None for plain TCP; with a server
+# of its own, the certificate and key that server is started with.
+TLS = None
+TLS_CERT = TLS_KEY = None
+
+
 class PatientClient(Client):
     """imclient's Client, but a LOGIN_START answered RETRY_LATER LOGIN_THROTTLED waits as
     asked and is sent again. These cases fail logins on purpose, and a server with default
     flags makes a source wait once it failed many lately (several runs in a row with --addr).
     """
+
+    def __init__(self, timeout=imclient.DEFAULT_TIMEOUT):
+        super().__init__(timeout, tls=TLS)
 
     def request(self, opcode, /, timeout=None, **fields):
         while True:
@@ -1282,6 +1295,45 @@ def _(env):
 # Devices
 # ---------------------------------------------------------------------------------------------
 
+@case("accounts: PASSWORD_CHANGE needs a fresh proof; the other sessions are closed; only the "
+      "new password logs in")
+def _(env):
+    name = env.register("pw")
+    laptop, phone = env.login(name, "laptop"), env.login(name, "phone")
+    expect_error("AUTH_FAILED", laptop.change_password, "not the password", "new secret")
+    new_keys = laptop.change_password(env.passwords[name], "new secret",
+                                      iterations=TEST_ITERATIONS)
+    expect_close_with(phone, "CREDENTIALS_CHANGED")
+    laptop.ping()
+    stale = env.connect()
+    expect_error("AUTH_FAILED", stale.login, name, env.passwords[name],
+                 device=env.device(name, "laptop"))
+    fresh = env.connect()
+    fresh.login(name, "new secret", device=env.device(name, "laptop"))
+    env.passwords[name], env.keys[name] = "new secret", new_keys
+
+
+@case("accounts: ACCOUNT_DELETE tells friends, keeps their history under a marked name and "
+      "keeps the name taken")
+def _(env):
+    alice, bob = env.user("del"), env.user("friend")
+    make_friends(alice, bob)
+    alice.send(bob.username, "remember me")
+    bob.wait_push(Op.DELIVER, timeout=PUSH_TIMEOUT)
+    gone = alice.username
+    alice.delete_account(env.passwords[gone])
+    alice.wait_closed(PUSH_TIMEOUT)
+    removed = bob.wait_push(Op.FRIEND_EVENT, lambda f: f["event"] == FRIEND_REMOVED,
+                            timeout=PUSH_TIMEOUT)
+    eq(removed["username"], gone, "who removed bob")
+    senders = [m["sender"] for m in bob.history(peer=gone)["messages"]]
+    eq(senders, [gone + " (deleted)"], "the sender of the kept message")
+    again = env.connect()
+    expect_error("USERNAME_TAKEN", again.register, gone, "pw", iterations=TEST_ITERATIONS)
+    expect_error("AUTH_FAILED", again.login, gone, env.passwords[gone],
+                 device=env.device(gone))
+
+
 @case("devices: three devices offline at different times each get every item once, in order")
 def _(env):
     a, c = env.user("a"), env.user("c")
@@ -2009,35 +2061,52 @@ def start_server(workdir, db_name="test.db", extra=(), flags=OWN_SERVER_FLAGS):
     """
     # IM_SERVER_BIN lets a caller that built the server elsewhere (cargo test) name the binary.
     binary = os.environ.get("IM_SERVER_BIN") or os.path.join(REPO, "target", "debug", "im-server")
+    tls_flags = []
+    if TLS is not None:
+        # The run's certificate (made by main) is trusted by TLS; the cases use this port.
+        tls_flags = ["--tls-listen", "127.0.0.1:0", "--tls-cert", TLS_CERT, "--tls-key", TLS_KEY]
     log = open(os.path.join(workdir, db_name + ".log"), "ab")
     process = subprocess.Popen(
         [binary, "--listen", "127.0.0.1:0", "--db", os.path.join(workdir, db_name)]
-        + merge_flags(list(flags), list(extra)),
+        + tls_flags + merge_flags(list(flags), list(extra)),
         stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
     log.close()
-    line = b""
     deadline = time.monotonic() + STARTUP_TIMEOUT
+    text = read_line(process, deadline, db_name)
+    if not text.startswith("listening on "):
+        process.kill()
+        process.wait()
+        raise RuntimeError("unexpected first line %r" % text)
+    address = text[len("listening on "):]
+    if TLS is not None:
+        text = read_line(process, deadline, db_name)
+        if not text.startswith("listening for TLS on "):
+            process.kill()
+            process.wait()
+            raise RuntimeError("unexpected second line %r" % text)
+        address = text[len("listening for TLS on "):]
+    # Keep reading stdout so that the server never blocks on a full pipe.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    host, _, port = address.rpartition(":")
+    return process, host.strip("[]"), int(port)
+
+
+def read_line(process, deadline, db_name):
+    """One line of the server's standard output, read byte by byte (nothing read ahead)."""
+    line = b""
     while not line.endswith(b"\n"):
         remaining = deadline - time.monotonic()
         ready, _, _ = select.select([process.stdout], [], [], max(remaining, 0))
         if not ready:
             process.kill()
             process.wait()
-            raise RuntimeError("the server printed no 'listening on' line in time")
+            raise RuntimeError("the server printed no 'listening' line in time")
         chunk = os.read(process.stdout.fileno(), 1)
         if not chunk:
             raise RuntimeError("the server exited (status %s) before listening; see %s.log"
                                % (process.wait(), db_name))
         line += chunk
-    text = line.decode().strip()
-    if not text.startswith("listening on "):
-        process.kill()
-        process.wait()
-        raise RuntimeError("unexpected first line %r" % text)
-    # Keep reading stdout so that the server never blocks on a full pipe.
-    threading.Thread(target=process.stdout.read, daemon=True).start()
-    host, _, port = text[len("listening on "):].rpartition(":")
-    return process, host.strip("[]"), int(port)
+    return line.decode().strip()
 
 
 def stop_server(process):
@@ -2120,7 +2189,20 @@ def main():
                         help="run only cases whose name contains this text (repeatable)")
     parser.add_argument("--no-build", action="store_true",
                         help="use target/debug/im-server as it is, without cargo build")
+    parser.add_argument("--tls", action="store_true",
+                        help="talk TLS (the server this script starts gets a TLS listener)")
+    parser.add_argument("--ca", metavar="FILE",
+                        help="with --addr --tls: trust this certificate (PEM), not the system's")
     args = parser.parse_args()
+    global TLS, TLS_CERT, TLS_KEY
+    certs = tempfile.TemporaryDirectory(prefix="im-server-test-cert-")
+    if args.tls and not args.addr:
+        subprocess.run([os.path.join(REPO, "scripts", "make-cert.sh"), certs.name],
+                       check=True, stdout=subprocess.DEVNULL)
+        TLS_CERT, TLS_KEY = os.path.join(certs.name, "cert.pem"), os.path.join(certs.name, "key.pem")
+        TLS = imclient.tls_context(TLS_CERT)
+    elif args.tls or args.ca:
+        TLS = imclient.tls_context(args.ca)
     if args.addr:
         host, _, port = args.addr.rpartition(":")
         problem = preflight(host.strip("[]"), int(port))

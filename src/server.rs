@@ -270,8 +270,15 @@ impl Server {
             let token = conns.insert(Session::new(addr.ip(), now), Transport::new(stream, codec));
             if full {
                 log::warn!("refusing {addr}: {} connections open", conns.len() - 1);
-                core.outbox.error(token, 0, ErrorCode::ServerFull, "the server is full; try again later");
-                conns.close(token, CloseReason::ServerFull);
+                let Some(conn) = conns.get_mut(token) else { continue };
+                if conn.transport.is_handshaking() {
+                    // Told once its handshake is done (see `read_conn`): bytes before it
+                    // would not be read as a frame.
+                    conn.session.refuse_when_ready();
+                } else {
+                    core.outbox.error(token, 0, ErrorCode::ServerFull, "the server is full; try again later");
+                    conns.close(token, CloseReason::ServerFull);
+                }
             } else {
                 log::debug!("connection {token} from {addr}");
             }
@@ -290,10 +297,18 @@ impl Server {
         let session = &mut conn.session;
         let mut paused = false;
         let end = conn.transport.read(scratch, READ_BUDGET, now, |data, queued| {
+            if session.is_refused() {
+                // Not served: what it sends is dropped until it is closed, below.
+                return (data.len(), false);
+            }
             let handled = cmd::handle_frames(&mut ctx, token, session, queued, data);
             paused = handled.paused;
             (handled.used, !handled.paused && session.closing().is_none())
         });
+        if conn.session.is_refused() && !conn.transport.is_handshaking() && conn.session.closing().is_none() {
+            core.outbox.error(token, 0, ErrorCode::ServerFull, "the server is full; try again later");
+            conn.session.close(CloseReason::ServerFull);
+        }
         let read_again = matches!(end, ReadEnd::BudgetSpent);
         match end {
             ReadEnd::PeerClosed => conns.close(token, CloseReason::PeerClosed),

@@ -86,6 +86,9 @@ pub struct Session {
     /// an `ACK` is clamped to it, so it can never acknowledge what was not sent.
     sent_through: MessageId,
     closing: Option<CloseReason>,
+    /// Accepted over `--max-connections` on a TLS listener: told `SERVER_FULL` as soon as its
+    /// handshake is done (it could not read the frame before), and closed.
+    refused: bool,
 }
 
 impl Session {
@@ -100,7 +103,17 @@ impl Session {
             backlog: None,
             sent_through: 0,
             closing: None,
+            refused: false,
         }
+    }
+
+    /// Marks a connection to be refused with `SERVER_FULL` once it can read a frame.
+    pub fn refuse_when_ready(&mut self) {
+        self.refused = true;
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.refused
     }
 
     pub fn state(&self) -> &SessionState {

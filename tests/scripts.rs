@@ -6,10 +6,15 @@ use std::path::Path;
 use std::process::Command;
 
 fn run_script(script: &str) {
+    run_script_with(script, &[]);
+}
+
+fn run_script_with(script: &str, args: &[&str]) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = Command::new("python3")
         .arg(repo.join("scripts").join(script))
         .arg("--no-build")
+        .args(args)
         .env("IM_SERVER_BIN", env!("CARGO_BIN_EXE_im-server"))
         .current_dir(repo)
         .output()
@@ -24,6 +29,12 @@ fn run_script(script: &str) {
 #[test]
 fn python_end_to_end() {
     run_script("test_server.py");
+}
+
+/// The same cases, every client over TLS to the server's TLS listener.
+#[test]
+fn python_end_to_end_over_tls() {
+    run_script_with("test_server.py", &["--tls"]);
 }
 
 /// Two imchat clients in tmux, chatting, one going offline and coming back (needs tmux).

@@ -189,3 +189,30 @@ fn the_tls_port_also_serves_the_page_and_its_websocket() {
     assert!(upgrade(&format!("https://localhost:{port}")).starts_with("HTTP/1.1 101"));
     assert!(upgrade(&format!("http://localhost:{port}")).starts_with("HTTP/1.1 403"));
 }
+
+/// imchat with `--tls`: a self-signed certificate is refused with a sentence that says what to
+/// do, and accepted with `--ca`.
+#[test]
+fn the_terminal_chat_says_why_it_does_not_trust_a_certificate() {
+    let (certs, db) = certificate_dir();
+    let cert = tls::make_certificate(certs.path(), "server");
+    let server = tls_server(db, &cert, &[]);
+    let imchat = |extra: &[&str]| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let address = format!("127.0.0.1:{}", server.tls_port.unwrap());
+        let output = std::process::Command::new("python3")
+            .arg(repo.join("scripts/imchat.py"))
+            .args(["--addr", &address, "--device-file", certs.path().join("device.json").to_str().unwrap()])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("python3 runs");
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (status, out) = imchat(&["--tls"]);
+    assert_eq!(status, Some(1), "{out}");
+    assert!(out.contains("certificate is not trusted") && out.contains("--ca"), "{out}");
+    let (status, out) = imchat(&["--ca", cert.cert.to_str().unwrap()]);
+    assert_eq!(status, Some(0), "{out}");
+    assert!(out.contains("over TLS"), "{out}");
+}

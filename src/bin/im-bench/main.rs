@@ -80,6 +80,23 @@ struct Args {
     #[arg(long, global = true, default_value_t = 0)]
     source_ips: u8,
 
+    /// Speak TLS to the server (im-server's --tls-listen, Redis's --tls-port).
+    #[arg(long, global = true)]
+    tls: bool,
+
+    /// With --tls: trust only this certificate (PEM), e.g. a self-signed server's.
+    #[arg(long, global = true, requires = "tls")]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// Speak the protocol inside WebSocket messages (im-server's --http-listen, or its TLS
+    /// port with --tls): one frame per binary message.
+    #[arg(long, global = true)]
+    ws: bool,
+
+    /// With --tls: the name the server's certificate must carry.
+    #[arg(long, global = true, default_value = "localhost")]
+    tls_name: String,
+
     #[command(subcommand)]
     shape: Shape,
 }
@@ -165,6 +182,10 @@ pub struct Common {
     pub concurrency: usize,
     pub receiver_ack: bool,
     pub sources: SourceAddrs,
+    /// With `--tls`: every connection's TLS configuration.
+    pub tls: Option<net::Tls>,
+    /// With `--ws`: every connection speaks WebSocket.
+    pub ws: bool,
     /// Prepended to every user, channel and stream name; random per run.
     pub prefix: String,
     /// The origin of the send times carried in message bodies.
@@ -201,6 +222,28 @@ impl Rng {
     }
 }
 
+/// The TLS client configuration of `--tls`: the system's roots are not read (a benchmark talks
+/// to a server it started), so `--tls-ca` names the certificate to trust.
+fn tls_config(args: &Args) -> Result<Option<net::Tls>, String> {
+    use rustls::pki_types::pem::PemObject;
+    if !args.tls {
+        return Ok(None);
+    }
+    let ca = args.tls_ca.as_ref().ok_or("--tls needs --tls-ca FILE (the server's certificate)")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        roots.add(cert.map_err(|e| format!("{}: {e}", ca.display()))?).map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(args.tls_name.clone()).map_err(|e| e.to_string())?;
+    Ok(Some(net::Tls { config: std::sync::Arc::new(config), name }))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let mut rng = Rng::from_os();
@@ -220,6 +263,14 @@ fn main() -> ExitCode {
         concurrency: args.concurrency.max(1),
         receiver_ack: !args.no_receiver_ack,
         sources: if args.source_ips == 0 { SourceAddrs::Auto } else { SourceAddrs::Rotate(args.source_ips) },
+        ws: args.ws,
+        tls: match tls_config(&args) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("im-bench: {e}");
+                return ExitCode::from(2);
+            }
+        },
         prefix: format!("b{:08x}_", rng.next_u64() as u32),
         started: Instant::now(),
     };

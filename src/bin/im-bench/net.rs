@@ -6,10 +6,13 @@
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
+use rustls::pki_types::ServerName;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes read per `read` call, into a buffer shared by every connection.
@@ -36,8 +39,19 @@ pub enum SourceAddrs {
     Rotate(u8),
 }
 
+/// TLS for every connection (`--tls`): the configuration and the name to verify.
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
 struct Conn {
     stream: TcpStream,
+    /// With `--ws`: the WebSocket framing over the stream (or over TLS).
+    ws: Option<Box<WebSocket>>,
+    /// The TLS session over `stream`, with `--tls`: `rbuf` and `wbuf` hold plaintext.
+    tls: Option<Box<ClientConnection>>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     wpos: usize,
@@ -64,13 +78,15 @@ pub struct Net {
     scratch: Box<[u8]>,
     dirty: Vec<usize>,
     sources: SourceAddrs,
+    tls: Option<Tls>,
+    ws: bool,
     /// Whether the kernel ran out of ports, so that every new socket rotates.
     rotating: bool,
     next_source: u64,
 }
 
 impl Net {
-    pub fn new(sources: SourceAddrs) -> io::Result<Net> {
+    pub fn new(sources: SourceAddrs, tls: Option<Tls>, ws: bool) -> io::Result<Net> {
         Ok(Net {
             poll: Poll::new()?,
             events: Events::with_capacity(4096),
@@ -78,6 +94,8 @@ impl Net {
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
             sources,
+            tls,
+            ws,
             rotating: false,
             next_source: 0,
         })
@@ -86,11 +104,24 @@ impl Net {
     /// Starts a non-blocking connect; bytes may be queued at once and leave when it completes.
     pub fn connect(&mut self, addr: SocketAddr, tag: usize) -> io::Result<usize> {
         let mut stream = self.open(addr)?;
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => {
+                let mut session = ClientConnection::new(Arc::clone(&tls.config), tls.name.clone())
+                    .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+                // The phases queue whole windows at once; rustls holds them until they are sent.
+                session.set_buffer_limit(None);
+                Some(Box::new(session))
+            }
+        };
+        let ws = self.ws.then(|| Box::new(WebSocket::new(addr)));
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(Conn {
             stream,
+            ws,
+            tls,
             rbuf: Vec::new(),
             wbuf: Vec::new(),
             wpos: 0,
@@ -172,7 +203,9 @@ impl Net {
                 failed.push((token, format!("write failed: {e}")));
                 continue;
             }
-            let want = conn.wpos < conn.wbuf.len() || !conn.connected;
+            let tls_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
+            let ws_pending = conn.ws.as_ref().is_some_and(|w| w.has_output());
+            let want = conn.wpos < conn.wbuf.len() || !conn.connected || tls_pending || ws_pending;
             if want != conn.writable_interest {
                 let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
                 if let Err(e) = self.poll.registry().reregister(&mut conn.stream, Token(token), interest) {
@@ -219,6 +252,24 @@ impl Net {
                 }
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
+                if conn.tls.is_some() {
+                    let (got, closed) = read_tls(conn, &mut self.scratch);
+                    if got {
+                        out.push(NetEvent::Data(token));
+                    }
+                    let ws_waiting = conn.ws.is_some()
+                        && (conn.wpos < conn.wbuf.len() || conn.ws.as_ref().is_some_and(|w| w.has_output()));
+                    if (conn.tls.as_ref().is_some_and(|t| t.wants_write()) || ws_waiting) && !conn.dirty {
+                        // The handshake answers reads with writes of its own, and frames queued
+                        // before a WebSocket upgrade leave once it is answered.
+                        conn.dirty = true;
+                        self.dirty.push(token);
+                    }
+                    if let Some(why) = closed {
+                        out.push(NetEvent::Closed(token, why));
+                    }
+                    continue;
+                }
                 let mut got = false;
                 let mut closed = None;
                 loop {
@@ -228,9 +279,14 @@ impl Net {
                             break;
                         }
                         Ok(n) => {
-                            conn.rbuf.extend_from_slice(&self.scratch[..n]);
                             conn.connected = true;
-                            got = true;
+                            match take_plaintext(&mut conn.ws, &mut conn.rbuf, &self.scratch[..n]) {
+                                Ok(more) => got |= more,
+                                Err(why) => {
+                                    closed = Some(why);
+                                    break;
+                                }
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -243,6 +299,13 @@ impl Net {
                 }
                 if got {
                     out.push(NetEvent::Data(token));
+                }
+                let ws_waiting = conn.ws.is_some()
+                    && (conn.wpos < conn.wbuf.len() || conn.ws.as_ref().is_some_and(|w| w.has_output()));
+                if ws_waiting && !conn.dirty {
+                    // Frames queued before the WebSocket upgrade leave once it is answered.
+                    conn.dirty = true;
+                    self.dirty.push(token);
                 }
                 if let Some(why) = closed {
                     out.push(NetEvent::Closed(token, why));
@@ -280,8 +343,133 @@ fn bind_and_connect(source: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream>
     Ok(TcpStream::from_std(socket.into()))
 }
 
+/// Reads TLS records until the socket would block and moves the plaintext into `rbuf`;
+/// returns whether plaintext arrived and why the connection ended, if it did.
+fn read_tls(conn: &mut Conn, scratch: &mut [u8]) -> (bool, Option<String>) {
+    let Some(tls) = conn.tls.as_mut() else { return (false, None) };
+    let mut closed = None;
+    loop {
+        match tls.read_tls(&mut conn.stream) {
+            Ok(0) => {
+                closed = Some("the peer closed the connection".to_string());
+                break;
+            }
+            Ok(_) => {
+                conn.connected = true;
+                if let Err(e) = tls.process_new_packets() {
+                    closed = Some(format!("TLS: {e}"));
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
+            Err(e) => {
+                closed = Some(format!("read failed: {e}"));
+                break;
+            }
+        }
+    }
+    let mut got = false;
+    loop {
+        match tls.reader().read(scratch) {
+            Ok(0) => {
+                closed.get_or_insert_with(|| "the peer closed the TLS session".to_string());
+                break;
+            }
+            Ok(n) => match take_plaintext(&mut conn.ws, &mut conn.rbuf, &scratch[..n]) {
+                Ok(more) => got |= more,
+                Err(why) => {
+                    closed.get_or_insert(why);
+                    break;
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                closed.get_or_insert_with(|| format!("TLS: {e}"));
+                break;
+            }
+        }
+    }
+    (got, closed)
+}
+
+/// Files plaintext that arrived: protocol bytes into `rbuf`, through the WebSocket framing
+/// with `--ws`. Returns whether protocol bytes arrived, or why the connection must end.
+fn take_plaintext(ws: &mut Option<Box<WebSocket>>, rbuf: &mut Vec<u8>, data: &[u8]) -> Result<bool, String> {
+    match ws.as_mut() {
+        None => {
+            rbuf.extend_from_slice(data);
+            Ok(true)
+        }
+        Some(ws) => {
+            let before = rbuf.len();
+            ws.take(data, rbuf)?;
+            Ok(rbuf.len() > before)
+        }
+    }
+}
+
+/// Writes `data` as plaintext (through TLS with `--tls`); returns how much was taken.
+fn write_plaintext(stream: &mut TcpStream, tls: Option<&mut Box<ClientConnection>>, data: &[u8]) -> io::Result<usize> {
+    if let Some(tls) = tls {
+        tls.writer().write_all(data)?;
+        while tls.wants_write() {
+            match tls.write_tls(stream) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(data.len());
+    }
+    let mut written = 0;
+    while written < data.len() {
+        match stream.write(&data[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
 fn write_out(conn: &mut Conn) -> io::Result<()> {
     if !conn.connected {
+        return Ok(());
+    }
+    if let Some(ws) = conn.ws.as_mut() {
+        conn.wpos += ws.wrap(&conn.wbuf[conn.wpos..]);
+        if conn.wpos == conn.wbuf.len() {
+            conn.wbuf.clear();
+            conn.wpos = 0;
+        }
+        let written = write_plaintext(&mut conn.stream, conn.tls.as_mut(), ws.output())?;
+        ws.written(written);
+        return Ok(());
+    }
+    if let Some(tls) = conn.tls.as_mut() {
+        if conn.wpos < conn.wbuf.len() {
+            tls.writer().write_all(&conn.wbuf[conn.wpos..])?;
+            conn.wbuf.clear();
+            conn.wpos = 0;
+            if conn.wbuf.capacity() > KEEP_READ_CAPACITY {
+                conn.wbuf = Vec::new();
+            }
+        }
+        while tls.wants_write() {
+            match tls.write_tls(&mut conn.stream) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         return Ok(());
     }
     while conn.wpos < conn.wbuf.len() {
@@ -357,5 +545,126 @@ pub fn drive(net: &mut Net, phase: &mut impl Phase, deadline: Instant, what: &st
                 }
             }
         }
+    }
+}
+
+/// The client side of a WebSocket (RFC 6455) carrying the protocol, for `--ws`: the upgrade
+/// request first, then each protocol frame as one masked binary message; the server's
+/// messages are unwrapped into the read buffer.
+struct WebSocket {
+    upgraded: bool,
+    /// The response head while it arrives, then undecoded frame bytes.
+    inbound: Vec<u8>,
+    /// Bytes for the wire, from `out_pos` on.
+    out: Vec<u8>,
+    out_pos: usize,
+}
+
+impl WebSocket {
+    fn new(addr: SocketAddr) -> WebSocket {
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        WebSocket { upgraded: false, inbound: Vec::new(), out: request.into_bytes(), out_pos: 0 }
+    }
+
+    fn has_output(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    fn output(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    fn written(&mut self, n: usize) {
+        self.out_pos += n;
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+    }
+
+    /// Wraps the whole protocol frames at the start of `frames` (once upgraded); returns the
+    /// bytes taken.
+    fn wrap(&mut self, frames: &[u8]) -> usize {
+        if !self.upgraded {
+            return 0;
+        }
+        let mut used = 0;
+        while let Some(prefix) = frames.get(used..used + 4) {
+            let len = 4 + u32::from_be_bytes(prefix.try_into().expect("four bytes")) as usize;
+            let Some(frame) = frames.get(used..used + len) else { break };
+            self.message(0x2, frame);
+            used += len;
+        }
+        used
+    }
+
+    /// Appends one masked frame with `opcode`.
+    fn message(&mut self, opcode: u8, payload: &[u8]) {
+        self.out.push(0x80 | opcode);
+        match payload.len() {
+            n if n < 126 => self.out.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                self.out.push(0x80 | 126);
+                self.out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                self.out.push(0x80 | 127);
+                self.out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        // A fixed mask: RFC 6455 wants it unpredictable to proxies, a benchmark has none.
+        let mask = [0x5a, 0x1c, 0xe3, 0x07];
+        self.out.extend_from_slice(&mask);
+        self.out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    }
+
+    /// Takes bytes from the server: the upgrade response, then messages whose payloads go to
+    /// `rbuf`; a ping is answered, a close ends the connection.
+    fn take(&mut self, data: &[u8], rbuf: &mut Vec<u8>) -> Result<(), String> {
+        self.inbound.extend_from_slice(data);
+        if !self.upgraded {
+            let Some(end) = self.inbound.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(()) };
+            let head = String::from_utf8_lossy(&self.inbound[..end]).into_owned();
+            if !head.starts_with("HTTP/1.1 101") {
+                return Err(format!("WebSocket upgrade refused: {}", head.lines().next().unwrap_or("")));
+            }
+            self.inbound.drain(..end + 4);
+            self.upgraded = true;
+        }
+        let mut used = 0;
+        loop {
+            let buf = &self.inbound[used..];
+            let Some(&[first, second]) = buf.get(..2).map(|b| <&[u8; 2]>::try_from(b).expect("two bytes")) else {
+                break;
+            };
+            let (len, header) = match second & 0x7F {
+                126 => match buf.get(2..4) {
+                    Some(b) => (u16::from_be_bytes([b[0], b[1]]) as usize, 4),
+                    None => break,
+                },
+                127 => match buf.get(2..10) {
+                    Some(b) => (u64::from_be_bytes(b.try_into().expect("eight bytes")) as usize, 10),
+                    None => break,
+                },
+                n => (n as usize, 2),
+            };
+            let Some(payload) = buf.get(header..header + len) else { break };
+            match first & 0x0F {
+                0x0 | 0x2 => rbuf.extend_from_slice(payload),
+                0x8 => return Err("the server closed the WebSocket".into()),
+                0x9 => {
+                    let payload = payload.to_vec();
+                    self.message(0xA, &payload);
+                }
+                0xA => {}
+                other => return Err(format!("unexpected WebSocket opcode {other}")),
+            }
+            used += header + len;
+        }
+        self.inbound.drain(..used);
+        Ok(())
     }
 }

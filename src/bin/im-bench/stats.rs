@@ -89,11 +89,22 @@ pub struct Report {
     pub verified: bool,
     pub failures: Vec<String>,
     pub warnings: Vec<String>,
+    /// (deliveries, latency p99.9 in µs) per second of the measured span, for shapes that
+    /// carry messages; in the JSON only.
+    pub timeline: Vec<(u64, f64)>,
 }
 
 impl Report {
     pub fn new(shape: &'static str, target: &'static str) -> Self {
-        Report { shape, target, rows: Vec::new(), verified: true, failures: Vec::new(), warnings: Vec::new() }
+        Report {
+            shape,
+            target,
+            rows: Vec::new(),
+            verified: true,
+            failures: Vec::new(),
+            warnings: Vec::new(),
+            timeline: Vec::new(),
+        }
     }
 
     pub fn int(&mut self, key: impl Into<Cow<'static, str>>, v: u64) {
@@ -183,6 +194,10 @@ impl Report {
                 Value::Float(_) => "null".to_string(),
             };
             let _ = write!(out, ",{}:{v}", quote(key));
+        }
+        if !self.timeline.is_empty() {
+            let seconds: Vec<String> = self.timeline.iter().map(|(n, p)| format!("[{n},{p:.1}]")).collect();
+            let _ = write!(out, ",\"timeline\":[{}]", seconds.join(","));
         }
         let list = |items: &[String]| items.iter().map(|s| quote(s)).collect::<Vec<_>>().join(",");
         let _ = write!(

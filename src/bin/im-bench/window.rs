@@ -69,6 +69,11 @@ impl Window {
         self.stage == Stage::Measuring
     }
 
+    /// Which second of the measured span `now` falls in (0 for the first).
+    pub fn second_of(&self, now: Instant) -> usize {
+        now.saturating_duration_since(self.start).as_secs() as usize
+    }
+
     /// Whether new load may still be started.
     pub fn loading(&self) -> bool {
         matches!(self.stage, Stage::Warmup | Stage::Measuring)

@@ -29,7 +29,7 @@ pub fn run(common: &Common, args: &Args, rng: &mut Rng) -> Result<Report, String
     if common.target != Target::Im {
         return Err("the drain shape measures im-server's offline backlog; it has no Redis form".into());
     }
-    let mut net = Net::new(common.sources).map_err(|e| e.to_string())?;
+    let mut net = Net::new(common.sources, common.tls.clone(), common.ws).map_err(|e| e.to_string())?;
     let creds = Credentials::new(common.kdf_iterations, rng);
     let names = vec![format!("{}ds", common.prefix), format!("{}dr", common.prefix)];
     im::register_users(&mut net, common, &creds, &names)?;

@@ -14,7 +14,7 @@ pub struct Args {
 }
 
 pub fn run(common: &Common, args: &Args, rng: &mut Rng) -> Result<Report, String> {
-    let mut net = Net::new(common.sources).map_err(|e| e.to_string())?;
+    let mut net = Net::new(common.sources, common.tls.clone(), common.ws).map_err(|e| e.to_string())?;
     let k = args.members;
     let mut report = Report::new("fanout", common.target.name());
     let plan = |sender: usize, members: &[usize]| Plan {

@@ -14,7 +14,7 @@ pub struct Args {
 }
 
 pub fn run(common: &Common, args: &Args, rng: &mut Rng) -> Result<Report, String> {
-    let mut net = Net::new(common.sources).map_err(|e| e.to_string())?;
+    let mut net = Net::new(common.sources, common.tls.clone(), common.ws).map_err(|e| e.to_string())?;
     let c = args.connections;
     let mut report = Report::new("idle", common.target.name());
     let rss = || common.server_pid.and_then(|pid| Process::Pid(pid).rss_kib());

@@ -17,7 +17,7 @@ pub fn run(common: &Common, args: &Args, rng: &mut Rng) -> Result<Report, String
     if common.target != Target::Im {
         return Err("the login shape measures im-server's SCRAM logins; it has no Redis form".into());
     }
-    let mut net = Net::new(common.sources).map_err(|e| e.to_string())?;
+    let mut net = Net::new(common.sources, common.tls.clone(), common.ws).map_err(|e| e.to_string())?;
     let creds = Credentials::new(common.kdf_iterations, rng);
     let names = im::names(&common.prefix, "l", args.connections);
     im::register_users(&mut net, common, &creds, &names)?;

@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 pub fn run(common: &Common, args: &Args, rng: &mut Rng) -> Result<Report, String> {
-    let mut net = Net::new(common.sources).map_err(|e| e.to_string())?;
+    let mut net = Net::new(common.sources, common.tls.clone(), common.ws).map_err(|e| e.to_string())?;
     let n = args.pairs;
     let mut report = Report::new("pairs", common.target.name());
     match common.target {

@@ -131,6 +131,9 @@ struct Traffic<'a, W: Wire> {
     roles: Vec<Role>,
     window: Window,
     hist: Histogram,
+    /// Deliveries and latency per second of the measured span: stalls show here, not in the
+    /// whole window's figures.
+    per_second: Vec<(u64, Histogram)>,
     window_acks: u64,
     window_deliveries: u64,
     body_buf: Vec<u8>,
@@ -220,6 +223,11 @@ impl<W: Wire> Phase for Traffic<'_, W> {
                 let has_ids = self.wire.has_message_ids();
                 let receiver = &mut self.receivers[r];
                 let hist = &mut self.hist;
+                let second = self.window.second_of(now);
+                if measuring && self.per_second.len() <= second {
+                    self.per_second.resize_with(second + 1, || (0, Histogram::default()));
+                }
+                let mut this_second = if measuring { self.per_second.get_mut(second) } else { None };
                 let mut delivered = 0u64;
                 let mut problems = Vec::new();
                 let used = self.wire.receiver_frames(data, |message_id, body| {
@@ -247,6 +255,10 @@ impl<W: Wire> Phase for Traffic<'_, W> {
                     }
                     if measuring {
                         hist.record(now_ns.saturating_sub(sent_ns));
+                    }
+                    if let Some((count, h)) = this_second.as_mut() {
+                        *count += 1;
+                        h.record(now_ns.saturating_sub(sent_ns));
                     }
                     Ok(())
                 })?;
@@ -306,6 +318,7 @@ pub fn run<W: Wire>(net: &mut Net, common: &Common, wire: W, plan: Plan, report:
         roles,
         window: Window::new(common),
         hist: Histogram::default(),
+        per_second: Vec::new(),
         window_acks: 0,
         window_deliveries: 0,
         body_buf: Vec::with_capacity(plan.body),
@@ -326,6 +339,15 @@ pub fn run<W: Wire>(net: &mut Net, common: &Common, wire: W, plan: Plan, report:
     report.float("deliveries_per_s", t.window_deliveries as f64 / measured);
     report.float("acks_per_s", t.window_acks as f64 / measured);
     report.latency(["latency_p50_us", "latency_p99_us", "latency_p999_us", "latency_max_us"], &t.hist);
+    // Whole seconds only: a last partial second would look like a stall.
+    let whole = (measured.floor() as usize).min(t.per_second.len());
+    report.timeline =
+        t.per_second[..whole].iter().map(|(count, h)| (*count, h.quantile(0.999) as f64 / 1000.0)).collect();
+    if let Some(median) = median_of(report.timeline.iter().map(|&(count, _)| count).collect()) {
+        let low = report.timeline.iter().filter(|&&(count, _)| (count as f64) < 0.8 * median as f64).count();
+        report.int("seconds_below_80pct_of_median", low as u64);
+        report.int("median_second_deliveries", median);
+    }
     let sent: u64 = t.senders.iter().map(|s| s.next_seq).sum();
     let acked: u64 = t.senders.iter().map(|s| s.acked).sum();
     let delivered: u64 = t.receivers.iter().map(|r| r.next_seq).sum();
@@ -368,6 +390,12 @@ pub fn run<W: Wire>(net: &mut Net, common: &Common, wire: W, plan: Plan, report:
         report.fail(format!("{} delivery errors in all", t.failure_count));
     }
     Ok(())
+}
+
+/// The median of `values` (the upper one of an even count); `None` when empty.
+fn median_of(mut values: Vec<u64>) -> Option<u64> {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied()
 }
 
 #[cfg(test)]
