@@ -1,6 +1,7 @@
-// im-server's browser client: the page's state, its login, its conversations and their DOM.
-// protocol.js is the wire format, scram.js the login math, connection.js the socket; this
-// file decides what to send and what to show.
+// im-server's browser client: what the page sends and how it takes what it receives — login
+// and reconnection, the pushed items, the user's requests. protocol.js is the wire format,
+// scram.js the login math, connection.js the socket, state.js the state and what the browser
+// keeps of it, view.js the DOM.
 //
 // Elements tests rely on carry a data-test attribute:
 //   login form:   login-form, username, password, remember, login, register, login-status
@@ -14,15 +15,18 @@
 //                 invite, messages, history-more, message (data-id, data-from, data-mine,
 //                 data-state="sending|sent|read|failed" on your own), event, composer, send
 // Names in attributes are usernames as registered (letters, digits, _ . -).
-//
-// Where state lives: the page's memory holds friends, groups and loaded messages. The
-// browser's localStorage holds this browser's device (id and name, always), the derived keys
-// (only with "remember me"), and per user the read positions and unread counts, and the
-// unsent messages when remembered. Nothing there is the password.
 
 import { Direction, Err, Friend, GroupEvent, ITEM_OPCODES, Kind, Op, VERSION } from './protocol.js';
 import * as scram from './scram.js';
 import { Closed, Connection, ServerError } from './connection.js';
+import {
+  conversation, directKey, groupKey, keysFromStorage, keysToStorage, loadOutbox, loadView, lower, maxId,
+  outboxKey, peerReadUpTo, saveOutbox, saveView, SESSION_KEY, state, storage, viewKey, viewOf,
+} from './state.js';
+import {
+  $, actions, notice, render, renderConversation, renderList, setConnection, setLoginBusy,
+  setLoginStatus, showChat, showLogin,
+} from './view.js';
 
 const HISTORY_PAGE = 40;
 const GAP_PAGE = 200;
@@ -30,153 +34,6 @@ const ACK_DELAY_MS = 150;
 const RECONNECT_FIRST_MS = 500;
 const RECONNECT_MAX_MS = 30000;
 const PING_MAX_MS = 30000;
-const NOTICE_MS = 6000;
-
-const $ = (selector) => document.querySelector(selector);
-const lower = (name) => name.toLowerCase();
-const directKey = (name) => `u:${lower(name)}`;
-const groupKey = (id) => `g:${id}`;
-const maxId = (a, b) => (a > b ? a : b);
-
-// ---------------------------------------------------------------------------------------------
-// Storage
-// ---------------------------------------------------------------------------------------------
-
-const storage = {
-  get(key) {
-    try { return JSON.parse(localStorage.getItem(key)); } catch { return null; }
-  },
-  set(key, value) {
-    try { localStorage.setItem(key, JSON.stringify(value)); } catch { /* full or disabled */ }
-  },
-  remove(key) {
-    try { localStorage.removeItem(key); } catch { /* disabled */ }
-  },
-};
-
-const SESSION_KEY = 'im.session';
-const DEVICE_KEY = 'im.device';
-const viewKey = (user) => `im.view.${lower(user)}`;
-const outboxKey = (user) => `im.outbox.${lower(user)}`;
-
-/** "Chrome on Linux": the browser and the system, from the user agent. */
-function deviceName() {
-  const ua = navigator.userAgent;
-  const browser = /Edg\//.test(ua) ? 'Edge' : /Firefox\//.test(ua) ? 'Firefox'
-    : /Chrom(e|ium)\//.test(ua) ? 'Chrome' : /Safari\//.test(ua) ? 'Safari' : 'Browser';
-  const system = /Android/.test(ua) ? 'Android' : /iPhone|iPad/.test(ua) ? 'iOS'
-    : /Windows/.test(ua) ? 'Windows' : /Mac OS X/.test(ua) ? 'macOS'
-      : /CrOS/.test(ua) ? 'ChromeOS' : /Linux/.test(ua) ? 'Linux' : 'the web';
-  return `${browser} on ${system}`;
-}
-
-/** This browser's device: a random nonzero u64 drawn once and kept. */
-function thisDevice() {
-  const kept = storage.get(DEVICE_KEY);
-  if (kept && /^[1-9][0-9]*$/.test(kept.id)) return { id: BigInt(kept.id), name: kept.name };
-  let id = 0n;
-  while (id === 0n) id = new DataView(scram.randomBytes(8).buffer).getBigUint64(0);
-  const device = { id, name: deviceName() };
-  storage.set(DEVICE_KEY, { id: String(id), name: device.name });
-  return device;
-}
-
-function keysToStorage(username, keys) {
-  return {
-    username, salt: scram.toBase64(keys.salt), iterations: keys.iterations,
-    clientKey: scram.toBase64(keys.clientKey), serverKey: scram.toBase64(keys.serverKey),
-  };
-}
-
-async function keysFromStorage(kept) {
-  return scram.keysFromParts(scram.fromBase64(kept.salt), kept.iterations,
-    scram.fromBase64(kept.clientKey), scram.fromBase64(kept.serverKey));
-}
-
-// ---------------------------------------------------------------------------------------------
-// State
-// ---------------------------------------------------------------------------------------------
-
-const state = {
-  device: thisDevice(),
-  conn: null,
-  me: null, // the username as registered, once logged in
-  keys: null, // derived keys of this login, kept in memory to reconnect
-  remember: false,
-  online: false, // logged in on the current connection
-  synced: false, // SYNC_DONE seen on the current connection
-  hello: null,
-  friends: new Map(), // lower name -> {name, online}
-  incoming: new Map(), // lower name -> name
-  outgoing: new Map(),
-  groups: new Map(), // id string -> {id, name, owner, members}
-  convs: new Map(), // key -> conversation
-  current: null, // key of the open conversation
-  outbox: [], // my messages not yet SENT, oldest first
-  view: { convs: {}, peerRead: {}, gap: null }, // persisted per user: read positions, unread, a gap
-  lastItem: 0n, // highest item id processed on this connection
-  ackable: 0n, // highest id this connection may acknowledge (items and own SENT)
-  acked: 0n,
-  ackTimer: null,
-  pingTimer: null,
-  reconnectTimer: null,
-  reconnectAttempt: 0,
-  nextClientMsgId: new DataView(scram.randomBytes(8).buffer).getBigUint64(0) >> 1n,
-};
-
-function conversation(key) {
-  let conv = state.convs.get(key);
-  if (!conv) {
-    const group = key.startsWith('g:');
-    conv = {
-      key, group, peer: group ? null : key.slice(2), groupId: group ? BigInt(key.slice(2)) : null,
-      title: key.slice(2), messages: new Map(), pending: [], events: [],
-      historyLoaded: false, historyNext: 0n, loading: false, lastActivity: 0n,
-    };
-    state.convs.set(key, conv);
-  }
-  return conv;
-}
-
-function viewOf(key) {
-  const all = state.view.convs;
-  if (!all[key]) all[key] = { readUpTo: '0', countedUpTo: '0', unread: 0 };
-  return all[key];
-}
-
-function saveView() {
-  if (state.me) storage.set(viewKey(state.me), state.view);
-}
-
-function loadView(user) {
-  const kept = storage.get(viewKey(user));
-  state.view = kept && kept.convs && kept.peerRead ? kept : { convs: {}, peerRead: {}, gap: null };
-}
-
-function saveOutbox() {
-  if (!state.me) return;
-  if (!state.remember) { storage.remove(outboxKey(state.me)); return; }
-  storage.set(outboxKey(state.me), state.outbox.map((m) => ({
-    key: m.key, clientMsgId: String(m.clientMsgId), body: m.body,
-  })));
-}
-
-function loadOutbox(user) {
-  const kept = storage.get(outboxKey(user)) || [];
-  state.outbox = [];
-  for (const entry of kept) {
-    const message = {
-      id: null, clientMsgId: BigInt(entry.clientMsgId), from: user, body: entry.body,
-      key: entry.key, state: 'sending', mine: true, timestamp: null, sentOn: null,
-    };
-    state.outbox.push(message);
-    conversation(entry.key).pending.push(message);
-  }
-}
-
-function peerReadUpTo(peer) {
-  return BigInt(state.view.peerRead[lower(peer)] || '0');
-}
 
 // ---------------------------------------------------------------------------------------------
 // Login
@@ -198,7 +55,6 @@ function explain(error) {
       default: return error.message;
     }
   }
-  if (error instanceof Closed) return 'Could not reach the server.';
   return error.message || String(error);
 }
 
@@ -330,10 +186,13 @@ async function resume() {
   clearTimeout(state.reconnectTimer);
   state.reconnectTimer = null;
   setConnection('connecting');
+  const generation = state.generation;
   try {
     const session = await login({ username: state.me, keys: state.keys });
+    if (generation !== state.generation) { session.conn.close(); return; }
     loggedIn(session, state.remember);
   } catch (error) {
+    if (generation !== state.generation) return;
     const conn = state.conn;
     state.conn = null;
     if (conn) conn.close();
@@ -379,6 +238,7 @@ function onClosed(error) {
 
 /** Ends the session on this page: back to the login form, nothing of the user kept. */
 function forgetSession(why) {
+  state.generation += 1;
   clearTimeout(state.reconnectTimer);
   state.reconnectTimer = null;
   if (state.me) {
@@ -820,212 +680,6 @@ function openConversation(key) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The DOM
-// ---------------------------------------------------------------------------------------------
-
-function el(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    if (value === null || value === undefined || value === false) continue;
-    if (name === 'class') node.className = value;
-    else if (name === 'onclick') node.addEventListener('click', value);
-    else node.setAttribute(name, value === true ? '' : value);
-  }
-  for (const child of children) {
-    if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : String(child));
-  }
-  return node;
-}
-
-let noticeTimer = null;
-function notice(text) {
-  const box = $('[data-test=notice]');
-  box.textContent = text;
-  box.hidden = !text;
-  clearTimeout(noticeTimer);
-  noticeTimer = setTimeout(() => { box.hidden = true; }, NOTICE_MS);
-}
-
-function setLoginStatus(text) {
-  $('[data-test=login-status]').textContent = text;
-}
-
-function setLoginBusy(busy) {
-  for (const name of ['login', 'register']) $(`[data-test=${name}]`).disabled = busy;
-}
-
-function setConnection(which, text) {
-  const badge = $('[data-test=connection]');
-  badge.dataset.state = which;
-  badge.textContent = text || { online: 'Online', connecting: 'Connecting…', offline: 'Offline' }[which];
-}
-
-function showLogin() {
-  $('#login').hidden = false;
-  $('#chat').hidden = true;
-  document.body.classList.remove('show-conversation');
-  $('[data-test=username]').focus();
-}
-
-function showChat() {
-  $('#login').hidden = true;
-  $('#chat').hidden = false;
-  $('[data-test=me]').textContent = state.me;
-}
-
-function render() {
-  if (!state.me) return;
-  renderRequests();
-  renderList();
-  renderConversationHeader();
-  renderConversation({});
-}
-
-function renderRequests() {
-  const box = $('#requests');
-  const rows = [];
-  for (const name of [...state.incoming.values()].sort(byName)) {
-    rows.push(el('li', { class: 'request', 'data-test': `request-in-${name}` },
-      el('span', { class: 'request-text' }, el('strong', {}, name), ' wants to be your friend'),
-      el('span', { class: 'request-actions' },
-        el('button', { type: 'button', class: 'primary small', 'data-test': `request-accept-${name}`, onclick: () => answerRequest(name, true) }, 'Accept'),
-        el('button', { type: 'button', class: 'small', 'data-test': `request-decline-${name}`, onclick: () => answerRequest(name, false) }, 'Decline'))));
-  }
-  for (const name of [...state.outgoing.values()].sort(byName)) {
-    rows.push(el('li', { class: 'request outgoing', 'data-test': `request-out-${name}` },
-      el('span', { class: 'request-text' }, 'Waiting for ', el('strong', {}, name))));
-  }
-  box.replaceChildren(...rows);
-  box.hidden = rows.length === 0;
-}
-
-function byName(a, b) {
-  return lower(a) < lower(b) ? -1 : lower(a) > lower(b) ? 1 : 0;
-}
-
-function lastMessage(conv) {
-  let last = null;
-  for (const message of conv.messages.values()) if (!last || message.id > last.id) last = message;
-  if (conv.pending.length) last = conv.pending[conv.pending.length - 1];
-  return last;
-}
-
-function renderList() {
-  const rows = [];
-  const entries = [];
-  for (const friend of state.friends.values()) entries.push({ conv: conversation(directKey(friend.name)), friend });
-  for (const group of state.groups.values()) entries.push({ conv: conversation(groupKey(group.id)), group });
-  entries.sort((a, b) => (a.conv.lastActivity === b.conv.lastActivity
-    ? byName(a.conv.title, b.conv.title) : (a.conv.lastActivity > b.conv.lastActivity ? -1 : 1)));
-  for (const { conv, friend, group } of entries) {
-    const unread = viewOf(conv.key).unread;
-    const last = lastMessage(conv);
-    const preview = last ? `${last.mine ? 'You: ' : conv.group ? `${last.from}: ` : ''}${last.body}` : (group ? `${group.members} members` : '');
-    const name = friend ? friend.name : group.name;
-    const testName = friend ? friend.name : `group-${group.id}`;
-    rows.push(el('li', {},
-      el('button', {
-        type: 'button',
-        class: `conv${state.current === conv.key ? ' current' : ''}${friend && friend.online ? ' online' : ''}`,
-        'data-test': `conversation-${testName}`,
-        'data-online': friend ? (friend.online ? '1' : '0') : null,
-        'data-name': group ? group.name : null,
-        onclick: () => openConversation(conv.key),
-      },
-      el('span', { class: `avatar${group ? ' group' : ''}`, 'aria-hidden': 'true' }, name.slice(0, 1).toUpperCase()),
-      el('span', { class: 'conv-text' },
-        el('span', { class: 'conv-name' }, name,
-          friend ? el('span', { class: 'presence', title: friend.online ? 'online' : 'offline' }) : null),
-        el('span', { class: 'conv-preview' }, preview)),
-      el('span', { class: 'badge', 'data-test': `unread-${testName}`, hidden: unread === 0 }, unread))));
-  }
-  const list = $('[data-test=conversations]');
-  list.replaceChildren(...rows);
-  $('#no-conversations').hidden = rows.length > 0;
-  const connection = $('[data-test=connection]');
-  if (state.online && connection.dataset.state !== 'online') setConnection('online');
-  if (!state.online && !state.reconnectTimer && connection.dataset.state === 'online') setConnection('offline');
-}
-
-function renderConversationHeader() {
-  const conv = state.current ? state.convs.get(state.current) : null;
-  const pane = $('[data-test=conversation]');
-  pane.classList.toggle('empty', !conv);
-  if (!conv) return;
-  $('[data-test=conversation-title]').textContent = conv.title;
-  let status = '';
-  if (conv.group) {
-    const group = state.groups.get(String(conv.groupId));
-    status = group ? `${group.members} members` : '';
-  } else {
-    const friend = state.friends.get(conv.peer);
-    status = friend ? (friend.online ? 'online' : 'offline') : 'not a friend';
-  }
-  $('[data-test=conversation-status]').textContent = status;
-  const inviteForm = $('#invite-form');
-  inviteForm.hidden = !conv.group || conv.groupId === 1n;
-  if (!inviteForm.hidden) {
-    // Rebuilt only when the friends change, so an open drop-down is left alone.
-    const select = $('[data-test=invite-name]');
-    const names = [...state.friends.values()].map((f) => f.name).sort(byName);
-    if (select.dataset.names !== names.join(' ')) {
-      const chosen = select.value;
-      select.dataset.names = names.join(' ');
-      select.replaceChildren(el('option', { value: '' }, 'Invite a friend…'),
-        ...names.map((name) => el('option', { value: name, selected: name === chosen }, name)));
-    }
-  }
-}
-
-function formatTime(timestamp) {
-  if (timestamp === null || timestamp === undefined) return '';
-  const date = new Date(Number(timestamp));
-  const today = new Date();
-  const sameDay = date.toDateString() === today.toDateString();
-  return sameDay ? date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
-    : date.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
-}
-
-const STATE_MARKS = { sending: '○', sent: '✓', read: '✓✓', failed: '!' };
-const STATE_LABELS = { sending: 'sending', sent: 'sent', read: 'read', failed: 'not sent' };
-
-function renderConversation({ toBottom = false, keepBottomDistance = false }) {
-  const conv = state.current ? state.convs.get(state.current) : null;
-  const scroller = $('[data-test=messages]');
-  if (!conv) { $('#message-list').replaceChildren(); return; }
-  const distance = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
-  const atBottom = distance < 40;
-  const items = [...conv.messages.values()].map((m) => ({ id: m.id, message: m }))
-    .concat(conv.events.map((e) => ({ id: e.id, event: e })));
-  items.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-  for (const m of conv.pending) items.push({ message: m });
-  const rows = items.map(({ message, event }) => {
-    if (event) return el('li', { class: 'event', 'data-test': 'event' }, event.text);
-    const m = message;
-    const mark = m.mine ? el('span', { class: `mark ${m.state}`, title: STATE_LABELS[m.state] }, STATE_MARKS[m.state]) : null;
-    return el('li', {
-      class: `message ${m.mine ? 'mine' : 'theirs'}`,
-      'data-test': 'message',
-      'data-id': m.id === null ? null : String(m.id),
-      'data-from': m.from,
-      'data-mine': m.mine ? '1' : '0',
-      'data-state': m.mine ? m.state : null,
-    },
-    conv.group && !m.mine ? el('span', { class: 'sender' }, m.from) : null,
-    el('span', { class: 'body' }, m.body),
-    el('span', { class: 'meta' }, formatTime(m.timestamp), mark),
-    m.error ? el('span', { class: 'error' }, m.error) : null);
-  });
-  $('#message-list').replaceChildren(...rows);
-  const more = $('[data-test=history-more]');
-  more.hidden = conv.historyLoaded && conv.historyNext === 0n;
-  more.disabled = conv.loading;
-  if (toBottom || (atBottom && !keepBottomDistance)) scroller.scrollTop = scroller.scrollHeight;
-  else if (keepBottomDistance) scroller.scrollTop = scroller.scrollHeight - scroller.clientHeight - distance;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Wiring
 // ---------------------------------------------------------------------------------------------
 
@@ -1096,6 +750,8 @@ function wire() {
 }
 
 async function start() {
+  actions.openConversation = openConversation;
+  actions.answerRequest = answerRequest;
   wire();
   const kept = storage.get(SESSION_KEY);
   if (kept && kept.username && scram.available()) {

@@ -13,7 +13,7 @@ export class ServerError extends Error {
   }
 }
 
-/** The socket closed (or never opened) before the answer came. */
+/** The socket closed (or never opened) before the answer came; the message is a sentence. */
 export class Closed extends Error {}
 
 /** The address of the server's WebSocket: the page's own host, wss when the page is https. */
@@ -47,7 +47,7 @@ export class Connection {
       socket.onopen = () => resolve();
       socket.onmessage = (event) => this.receive(event.data);
       socket.onclose = () => {
-        reject(new Closed('could not reach the server'));
+        reject(new Closed('Could not reach the server.'));
         this.ended();
       };
       socket.onerror = () => {};
@@ -87,7 +87,7 @@ export class Connection {
 
   /** Sends a request; resolves with the response's fields, rejects with ServerError or Closed. */
   request(opcode, fields = {}) {
-    if (!this.isOpen) return Promise.reject(new Closed('not connected'));
+    if (!this.isOpen) return Promise.reject(new Closed('Not connected to the server.'));
     const requestId = this.nextRequestId;
     this.nextRequestId = requestId >= 0xffffffff ? 1 : requestId + 1;
     const bytes = encodeFrame(opcode, requestId, fields);
@@ -111,7 +111,8 @@ export class Connection {
   ended() {
     if (this.closed) return;
     this.closed = true;
-    const lost = new Closed(this.closing ? this.closing.message : 'connection lost');
+    const lost = new Closed(this.closing ? `The server closed the connection: ${this.closing.message}`
+      : 'The connection to the server was lost.');
     for (const waiter of this.pending.values()) waiter.reject(lost);
     this.pending.clear();
     this.onClose(this.closing);
