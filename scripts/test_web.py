@@ -8,13 +8,16 @@ each with a profile of its own, on the page the server serves. The browsers are 
 chromedriver's W3C WebDriver HTTP API with urllib: nothing to install beyond Debian's
 `chromium` and `chromium-driver`.
 
-The scenario: the page's codec and SCRAM checked inside the browser against Python's; both
-register (alice ticks "remember me", bob does not); a friend request accepted; chat both ways,
-each sent message going sending -> sent -> read; bob closes his page while alice writes, comes
-back to the login form (no "remember me"), logs in and finds the messages counted unread; a
-group created, a friend invited, messages both ways; alice's reload keeps her session; a long
-conversation read back page by page; the server restarted while alice has a message to send,
-which arrives once after the page reconnects; bob logs out and a reload shows the login form.
+The scenario: every file of src/web served as it is; the page's codec and SCRAM checked
+inside the browser against Python's; both register (alice ticks "remember me", bob does not);
+a friend request accepted, another declined; chat both ways, each sent message going
+sending -> sent -> read; bob closes his page while alice writes, comes back to the login form
+(no "remember me"), logs in and finds the messages counted unread; a group created, a friend
+invited, messages both ways; alice's reload keeps her session; a long absence (SYNC_GAP) read
+from HISTORY; a long conversation read back page by page; the server restarted while alice
+has a message to send, which arrives once after the page reconnects; bob logs out and a
+reload shows the login form; a third browser uses the TLS listener (https page, wss socket,
+a certificate from scripts/make-cert.sh; skipped without openssl); no errors in any console.
 Screenshots of both browsers at desktop and at phone width go to `--screenshots DIR`
 (default target/web-screenshots).
 
@@ -90,26 +93,40 @@ class Server:
         self.process = None
         self.address = None
         self.http = None
+        self.tls = None
+        # A self-signed certificate for the TLS listener (https and wss), when openssl is here.
+        self.cert_dir = os.path.join(workdir, "certs")
+        if shutil.which("openssl"):
+            subprocess.run([os.path.join(REPO, "scripts", "make-cert.sh"), self.cert_dir,
+                            "127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
+        else:
+            self.cert_dir = None
 
-    def start(self, listen="127.0.0.1:0", http="127.0.0.1:0"):
+    def start(self, listen="127.0.0.1:0", http="127.0.0.1:0", tls="127.0.0.1:0"):
+        flags = ["--listen", listen, "--http-listen", http, "--db", self.db,
+                 "--min-kdf-iterations", str(MIN_KDF_ITERATIONS),
+                 "--device-backlog-cap", str(DEVICE_BACKLOG_CAP)]
+        if self.cert_dir:
+            flags += ["--tls-listen", tls, "--tls-cert", os.path.join(self.cert_dir, "cert.pem"),
+                      "--tls-key", os.path.join(self.cert_dir, "key.pem")]
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [self.binary, "--listen", listen, "--http-listen", http, "--db", self.db,
-             "--min-kdf-iterations", str(MIN_KDF_ITERATIONS),
-             "--device-backlog-cap", str(DEVICE_BACKLOG_CAP)],
-            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen([self.binary] + flags, stdout=subprocess.PIPE,
+                                        stderr=log, stdin=subprocess.DEVNULL)
         log.close()
+        prefixes = ["listening on", "listening for HTTP on"]
+        if self.cert_dir:
+            prefixes.append("listening for TLS on")
         lines = {}
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while "listening on" not in lines or "listening for HTTP on" not in lines:
+        while len(lines) < len(prefixes):
             text = self._read_line(deadline)
-            for prefix in ("listening for HTTP on", "listening on"):
+            for prefix in prefixes:
                 if text.startswith(prefix + " "):
                     lines[prefix] = text[len(prefix) + 1:]
-                    break
         threading.Thread(target=self.process.stdout.read, daemon=True).start()
         self.address = lines["listening on"]
         self.http = lines["listening for HTTP on"]
+        self.tls = lines.get("listening for TLS on")
 
     def _read_line(self, deadline):
         line = b""
@@ -141,7 +158,7 @@ class Server:
 
     def restart(self):
         self.stop()
-        self.start(self.address, self.http)
+        self.start(self.address, self.http, self.tls or "127.0.0.1:0")
 
     def client(self):
         host, port = self.address.rsplit(":", 1)
@@ -208,7 +225,7 @@ class ChromeDriver:
 class Browser:
     """One headless Chromium (a WebDriver session with a profile of its own)."""
 
-    def __init__(self, driver, name, chromium, workdir):
+    def __init__(self, driver, name, chromium, workdir, accept_insecure_certs=False):
         self.driver = driver
         self.name = name
         profile = os.path.join(workdir, "profile-" + name)
@@ -222,7 +239,8 @@ class Browser:
             options["binary"] = chromium
         value = driver.call("POST", "/session", {"capabilities": {"alwaysMatch": {
             "browserName": "chrome", "goog:chromeOptions": options,
-            "goog:loggingPrefs": {"browser": "ALL"}, "pageLoadStrategy": "normal"}}})
+            "goog:loggingPrefs": {"browser": "ALL"}, "pageLoadStrategy": "normal",
+            "acceptInsecureCerts": accept_insecure_certs}}})
         self.session = value["sessionId"]
         self.size = DESKTOP
         self.resize(*DESKTOP)
@@ -694,6 +712,26 @@ class Scenario:
               "bob's keys stayed in storage after logging out")
         self.wait_online(self.alice, "bob", False)
 
+    def step_https_and_wss(self):
+        if not self.server.tls:
+            print("      (openssl is not installed: the TLS listener was not started)")
+            return
+        # A third browser, trusting the self-signed certificate, is alice on another device.
+        laptop = Browser(self.driver, "alice-https", self.chromium, self.workdir,
+                         accept_insecure_certs=True)
+        try:
+            laptop.open("https://%s/" % self.server.tls)
+            self.login_form(laptop, "alice", remember=False)
+            self.wait_logged_in(laptop, "alice")
+            self.open_conversation(laptop, "[data-test=conversation-bob]")
+            laptop.wait_message("and one after")
+            self.send(laptop, "written over wss")
+            laptop.wait_message("written over wss", "sent")
+            self.alice.wait_message("written over wss", "sent")
+            check(laptop.run("return location.protocol;") == "https:", "the page is not https")
+        finally:
+            laptop.close()
+
     def step_consoles_clean(self):
         # Failed WebSocket connections while the server was down are expected; anything else
         # (a script error, a CSP violation) is not.
@@ -720,6 +758,7 @@ class Scenario:
         ("scroll-back through HISTORY", "step_scroll_back"),
         ("server restart: reconnect, the unsent message sent once", "step_reconnect_and_resend"),
         ("logout: a reload shows the login form", "step_logout"),
+        ("the TLS listener: the page over https, its socket over wss", "step_https_and_wss"),
         ("no errors in the browsers' consoles", "step_consoles_clean"),
     ]
 
