@@ -708,6 +708,9 @@ class Scenario:
         self.bob.wait_for("[data-test=login-form]")
         self.bob.refresh()
         self.bob.wait_for("[data-test=login-form]")
+        self.bob.resize(*PHONE)
+        self.shoot(self.bob, "phone-login")
+        self.bob.resize(*DESKTOP)
         check(not self.bob.run("return !!localStorage.getItem('im.session');"),
               "bob's keys stayed in storage after logging out")
         self.wait_online(self.alice, "bob", False)
