@@ -187,6 +187,9 @@ IM=(--addr "$ADDR" --server-pid "$IM_PID")
 run "im pairs-small" "${IM[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_SMALL --window $WINDOW --body $BODY
 run "im pairs-large" "${IM[@]}" "${SECONDS_ARG[@]}" pairs --pairs $PAIRS_LARGE --window $WINDOW --body $BODY
 run "im fanout" "${IM[@]}" "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
+# Redis subscribers acknowledge nothing; the same shape with im-server's receivers not sending
+# ACK shows what the acknowledgements (a read and a row update per receiver) cost.
+run "im fanout-noack" "${IM[@]}" --no-receiver-ack "${SECONDS_ARG[@]}" fanout --members $FANOUT --window $WINDOW --body $BODY
 run "im login" "${IM[@]}" "${SECONDS_ARG[@]}" login --connections $LOGIN_CONNS
 run "im drain" "${IM[@]}" "${SECONDS_ARG[@]}" drain --messages $DRAIN --window 64 --body $BODY
 run "im drain-devices" "${IM[@]}" "${SECONDS_ARG[@]}" drain --messages $DRAIN --window 64 --body $BODY \
@@ -436,6 +439,10 @@ for label, shape in (("pairs-small", "pairs ${PAIRS_SMALL} × W${WINDOW} × ${BO
     row(shape, label, "bench CPU", "bench_cpu_pct", " %")
     row(shape, label, "other CPU (other processes, interrupts)", "other_cpu_pct", " %")
     row(shape, label, "verified", "verified")
+for metric, key, unit in (("deliveries/s", "deliveries_per_s", ""), ("latency p99", "latency_p99_us", " µs"),
+                          ("server CPU per delivery", "server_cpu_us_per_delivery", " µs"), ("verified", "verified", "")):
+    a, b = get("im fanout-noack", key), get("redis fanout", key)
+    out(f"| fanout ${FANOUT}, receivers send no ACK (like Redis subscribers) | {metric} | {fmt(a, unit)} | {fmt(b, unit)} | — | {ratio(a, b)} | — |")
 row("idle ${IDLE} connections", "idle", "KiB per connection", "kib_per_connection")
 row("idle ${IDLE} connections", "idle", "server RSS with all open", "rss_after_kib", " KiB")
 row("idle ${IDLE} connections", "idle", "connections set up /s", "connections_per_s")
@@ -530,6 +537,8 @@ low = get("im pairs-small", "seconds_below_80pct_of_median")
 target_row("pairs ${PAIRS_SMALL}: no second below 80% of the median second", f"{fmt(low)} such seconds", None if low is None else low == 0)
 a, b = get("im fanout", "deliveries_per_s"), get("redis fanout", "deliveries_per_s")
 target_row("fanout ${FANOUT}: ≥ 1.0 × Redis pub/sub", f"{fmt(a)} vs {fmt(b)} ({ratio(a, b)})", None if a is None or b is None else a >= b)
+a = get("im fanout-noack", "deliveries_per_s")
+target_row("fanout ${FANOUT}, receivers not acknowledging (as Redis's): ≥ 1.0 × Redis pub/sub", f"{fmt(a)} vs {fmt(b)} ({ratio(a, b)})", None if a is None or b is None else a >= b)
 a, b, c = get("im pairs-large", "deliveries_per_s"), get("redis pairs-large", "deliveries_per_s"), get("redis-streams pairs-large", "deliveries_per_s")
 target_row("pairs ${PAIRS_LARGE}: ≥ 0.75 × Redis pub/sub", f"{fmt(a)} vs {fmt(b)} ({ratio(a, b)})", None if a is None or b is None else a >= 0.75 * b)
 target_row("pairs ${PAIRS_LARGE}: ≥ 2 × Redis streams + AOF", f"{fmt(a)} vs {fmt(c)} ({ratio(a, c)})", None if a is None or c is None else a >= 2 * c)

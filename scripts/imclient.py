@@ -144,6 +144,7 @@ ERROR_NAMES = {
     36: "TOO_MANY_REQUESTS",
     37: "TOO_MANY_FRIENDS",
     38: "LOGIN_THROTTLED",
+    39: "ACCOUNT_DISABLED",
     40: "CREDENTIALS_CHANGED",
     41: "ACCOUNT_DELETED",
 }
@@ -642,6 +643,14 @@ def _opcode_of(value):
     return OPCODES[value]
 
 
+class KeysMismatch(ValueError):
+    """Saved keys do not fit the account's salt and iteration count, and no password was
+    given to derive new ones."""
+
+    def __init__(self):
+        super().__init__("the saved key does not fit this account")
+
+
 class TlsError(ConnectionError):
     """The TLS handshake failed: an untrusted certificate, or not a TLS port."""
 
@@ -944,7 +953,8 @@ class Client:
         return self.request(Op.LOGIN_FINISH, client_proof=proof, device_id=device.device_id,
                             device_name=device.name)
 
-    def login(self, username, password=None, *, device, keys=None, salted_password=None):
+    def login(self, username, password=None, *, device, keys=None, salted_password=None,
+              on_derive=None):
         """Log in with SCRAM-SHA-256 as `device` and check the server's signature.
 
         `device` is the Device this connection speaks for: keep it (its id above all) across
@@ -953,8 +963,9 @@ class Client:
         Give `password`, or cached key material: `keys` (DerivedKeys from `register`,
         `derive_keys` or an earlier login) or `salted_password` (32 bytes, valid for the salt
         and iteration count that the server will send). Cached `keys` that do not match the
-        challenge's salt and iterations fall back to `password`; with no password, the login
-        is abandoned (a failed attempt on the server) and ValueError is raised.
+        challenge's salt and iterations fall back to `password` (`on_derive()` is called first,
+        since deriving takes a moment); with no password, the connection is closed without
+        answering the challenge and KeysMismatch (a ValueError) is raised.
 
         Returns the LOGIN_OK frame; sets `self.username` (as registered), `self.keys` and
         `self.device`. Pushes that follow (SYNC_GAP perhaps, the backlog, then SYNC_DONE) are
@@ -968,13 +979,12 @@ class Client:
         if keys is None and salted_password is not None:
             keys = DerivedKeys(salt, iterations, salted_password)
         if keys is None and password is not None:
+            if on_derive is not None:
+                on_derive()
             keys = derive_keys(password, salt, iterations)
         if keys is None:
-            try:
-                self.login_finish(bytes(32), device)
-            except ServerError:
-                pass
-            raise ValueError("cached keys do not match the challenge and no password given")
+            self.close()
+            raise KeysMismatch()
         if not nonce.startswith(client_nonce) or len(nonce) <= len(client_nonce):
             raise AuthenticationError("the server's nonce does not extend ours")
         message = auth_message(username, client_nonce, salt, iterations, nonce)
@@ -982,7 +992,8 @@ class Client:
         ok = self.login_finish(client_proof(keys, message), device)
         if not hmac.compare_digest(ok["server_signature"], server_signature(keys, message)):
             self.close()
-            raise AuthenticationError("the server signature is wrong: not our server")
+            raise AuthenticationError("the server could not prove it holds your account: "
+                                      "this may not be the server you think it is")
         self.username = ok["username"]
         self.keys = keys
         self.device = device

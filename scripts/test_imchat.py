@@ -470,6 +470,27 @@ class Scenario:
         self.answer_login(self.alice)
         self.wait_count(self.alice, "Hello alice!", 2)
 
+    def step_password_change(self):
+        phone = self.phone_login()
+        new = "a new horse for alice"
+        self.alice.type("/password")
+        self.alice.wait_text("Current password:")
+        self.alice.type(PASSWORDS["alice"])
+        self.alice.wait_text("New password:")
+        self.alice.type(new)
+        self.alice.wait_text("New password again:")
+        self.alice.type(new)
+        text = self.alice.wait_text("Password changed.")
+        check(new not in text and PASSWORDS["alice"] not in text, "a password was echoed")
+        try:
+            frames = phone.wait_closed(WAIT_TIMEOUT)
+        finally:
+            phone.close()
+        errors = [f["code"] for f in frames if f.opcode == Op.ERROR]
+        check(errors == [40], "the phone was not told CREDENTIALS_CHANGED: %r" % frames)
+        PASSWORDS["alice"] = new
+        self.phone_login().close()
+
     def step_logout(self):
         self.bob.type("/logout")
         self.bob.wait_text("Logged out.", "Log in or register?")
@@ -495,6 +516,8 @@ class Scenario:
         ("server restart: reconnect, resend once", "step_reconnect_resends_once"),
         ("removed on another device: told, and logs in again as new",
          "step_removed_on_another_device"),
+        ("/password: the other devices are logged out, the new one logs in",
+         "step_password_change"),
         ("logout", "step_logout"),
     ]
 

@@ -203,6 +203,13 @@ pub enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Talk to the running server of --db over its operator socket (<db>.ctl): `ctl help`
+    /// lists the commands (stats, users, sessions, disable, enable, kick, delete).
+    Ctl {
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 impl Config {

@@ -131,6 +131,16 @@ impl Conns {
         self.slab.get_mut(token)
     }
 
+    /// The peer address and transport of a connection, for the operator.
+    pub fn describe(&self, token: usize) -> Option<(String, &'static str)> {
+        self.slab.get(token).map(|c| (c.session.peer.to_string(), c.transport.kind()))
+    }
+
+    /// Bytes waiting in every write queue.
+    pub fn queued_bytes_total(&self) -> usize {
+        self.slab.iter().map(|(_, c)| c.transport.queued_bytes()).sum()
+    }
+
     /// The one way to close a connection: it is marked with its first reason and removed at
     /// the end of the batch.
     pub fn close(&mut self, token: usize, reason: CloseReason) {

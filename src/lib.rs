@@ -18,12 +18,14 @@
 //! - [`http`]: the browser client's files and the WebSocket upgrade, one request per connection.
 //! - [`conns`]: the table of connections, the sets the loop works through, the one close path.
 //! - [`acceptor`]: taking new connections, and surviving the lack of file descriptors.
+//! - [`ctl`]: the operator's Unix socket (`im-server ctl`): stats, users, disable, delete.
 //! - [`server`]: the mio poll loop — accept, read, dispatch, commit, flush, close.
 
 pub mod acceptor;
 pub mod cmd;
 pub mod config;
 pub mod conns;
+pub mod ctl;
 pub mod http;
 pub mod limits;
 pub mod login_throttle;

@@ -11,6 +11,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let config = Config::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Ctl { args }) = &config.command {
+        return im_server::ctl::run_client(&config.db, args);
+    }
     if let Some(Command::Backup { to }) = &config.command {
         return match im_server::store::backup(&config.db, to) {
             Ok(summary) => {

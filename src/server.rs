@@ -10,6 +10,7 @@ use crate::acceptor::Acceptor;
 use crate::cmd::{self, Core};
 use crate::config::Config;
 use crate::conns::Conns;
+use crate::ctl::{self, Ctl};
 use crate::http;
 use crate::protocol::ErrorCode;
 use crate::session::{CloseReason, Session};
@@ -28,6 +29,9 @@ const PLAIN_LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const TLS_LISTENER: Token = Token(usize::MAX - 3);
 const HTTP_LISTENER: Token = Token(usize::MAX - 4);
+const CTL_LISTENER: Token = Token(usize::MAX - 5);
+/// Operator connections' tokens start here: above any connection's, below the listeners'.
+const CTL_BASE: usize = usize::MAX - 64;
 /// Bytes read per `read` call, into a buffer shared by all connections.
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one connection per iteration before the others get their turn.
@@ -57,6 +61,8 @@ pub struct Server {
     listeners: Vec<(Token, Listener)>,
     signals: Signals,
     conns: Conns,
+    /// The operator socket (`im-server ctl`); `None` if it could not be made.
+    ctl: Option<Ctl>,
     scratch: Box<[u8]>,
     shutting_down: bool,
     next_sweep: Instant,
@@ -93,6 +99,13 @@ impl Server {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let conns = Conns::with_capacity(config.max_connections.min(1 << 16));
         let next_sweep = Instant::now() + Self::sweep_interval(&config);
+        let ctl = match Ctl::bind(ctl::socket_path(&config.db), poll.registry(), CTL_LISTENER, CTL_BASE) {
+            Ok(ctl) => Some(ctl),
+            Err(e) => {
+                log::warn!("no operator socket ({e}): `im-server ctl` will not reach this server");
+                None
+            }
+        };
         let core = Core::new(config, store).map_err(io::Error::other)?;
         Ok(Server {
             core,
@@ -100,6 +113,7 @@ impl Server {
             listeners,
             signals,
             conns,
+            ctl,
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             shutting_down: false,
             next_sweep,
@@ -148,6 +162,11 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.take_signals(),
+                    token if self.ctl.as_ref().is_some_and(|c| c.owns(token)) => {
+                        if let Some(ctl) = self.ctl.as_mut() {
+                            ctl.event(token, self.poll.registry(), &mut self.core, &self.conns);
+                        }
+                    }
                     token @ (PLAIN_LISTENER | TLS_LISTENER | HTTP_LISTENER) => {
                         if let Some(index) = self.listeners.iter().position(|(t, _)| *t == token) {
                             self.accept_all(index, now);
@@ -168,6 +187,9 @@ impl Server {
                 let config = &self.core.config;
                 self.core.world.registrations.prune(Duration::from_secs(config.register_window), now);
                 self.core.world.failed_logins.prune(config.login_limits().window, now);
+                if let Some(ctl) = self.ctl.as_mut() {
+                    ctl.sweep(now, self.poll.registry());
+                }
                 self.next_sweep = now + Self::sweep_interval(config);
             }
             if self.shutting_down {
@@ -178,6 +200,9 @@ impl Server {
             if self.shutting_down {
                 break;
             }
+        }
+        if let Some(ctl) = self.ctl.take() {
+            ctl.shut(self.poll.registry());
         }
         log::info!("shutting down: closing the database");
         self.core.store.close().map_err(io::Error::other)?;
@@ -350,6 +375,9 @@ impl Server {
             }
         }
         self.conns.deliver(&mut self.core.outbox, committed);
+        if let Some(ctl) = self.ctl.as_mut() {
+            ctl.after_commit(committed, self.poll.registry());
+        }
         for (token, reason) in std::mem::take(&mut self.core.world.close_after_commit) {
             // Their ERROR was staged with the change (a device removed, a password changed):
             // close them once it is durable.

@@ -26,6 +26,8 @@ pub struct PendingLogin {
     pub name_key: String,
     /// `None` for an unknown name: the login will fail like a wrong password.
     pub user: Option<(UserId, String)>,
+    /// The account is disabled by an operator: even a right proof does not log in.
+    pub disabled: bool,
     pub stored_key: Key,
     pub server_key: Key,
     pub auth_message: Vec<u8>,
@@ -52,6 +54,8 @@ pub enum CloseReason {
     CredentialsChanged,
     /// The account was deleted.
     AccountDeleted,
+    /// An operator disabled the account.
+    AccountDisabled,
     /// An HTTP request was answered (anything but a WebSocket upgrade).
     HttpAnswered,
     /// The WebSocket was closed by the client, or refused for a violation of RFC 6455.

@@ -125,6 +125,7 @@ pub(super) fn challenge(
         return Err(Refusal::Error(ErrorCode::InvalidArgument, "the client nonce must be 16 to 64 bytes"));
     }
     // An unknown name gets a challenge like a real one; its all-zero StoredKey matches no proof.
+    let disabled = found.as_ref().is_some_and(|u| u.disabled);
     let (user, salt, iterations, stored_key, server_key) = match found {
         Some(u) => (Some((u.id, u.name)), u.salt, u.iterations, key_from(&u.stored_key), key_from(&u.server_key)),
         None => {
@@ -142,7 +143,7 @@ pub(super) fn challenge(
     let auth_message = scram::auth_message(username, client_nonce, &salt, iterations, &nonce);
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::login_challenge(b, id, &salt, iterations, &nonce));
-    Ok(PendingLogin { name_key, user, stored_key, server_key, auth_message })
+    Ok(PendingLogin { name_key, user, disabled, stored_key, server_key, auth_message })
 }
 
 pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64, device_name: &str) -> Outcome {
@@ -167,6 +168,10 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64,
         }
         return refuse(ErrorCode::AuthFailed, "wrong username or password");
     };
+    // Checked after the proof, so that it tells nothing to someone without the password.
+    if pending.disabled {
+        return refuse(ErrorCode::AccountDisabled, "this account is disabled by the server's operator");
+    }
     if ctx.config.max_sessions > 0 && ctx.world.sessions(user).len() >= ctx.config.max_sessions {
         return refuse(
             ErrorCode::TooManySessions,

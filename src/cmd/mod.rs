@@ -13,6 +13,7 @@ mod friends;
 mod groups;
 mod history;
 mod notify;
+pub mod operator;
 #[cfg(test)]
 mod tests;
 

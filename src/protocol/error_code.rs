@@ -42,13 +42,14 @@ pub enum ErrorCode {
     TooManyRequests = 36,
     TooManyFriends = 37,
     LoginThrottled = 38,
+    AccountDisabled = 39,
     CredentialsChanged = 40,
     AccountDeleted = 41,
 }
 
 impl ErrorCode {
     /// Every code, in wire order (numbers may skip: a gap is a code reserved elsewhere).
-    pub const ALL: [ErrorCode; 40] = {
+    pub const ALL: [ErrorCode; 41] = {
         use ErrorCode::*;
         [
             MalformedFrame,
@@ -89,6 +90,7 @@ impl ErrorCode {
             TooManyRequests,
             TooManyFriends,
             LoginThrottled,
+            AccountDisabled,
             CredentialsChanged,
             AccountDeleted,
         ]

@@ -13,6 +13,7 @@ mod groups;
 mod messages;
 mod posting;
 mod schema;
+mod stats;
 mod users;
 
 #[cfg(test)]
@@ -24,7 +25,8 @@ pub use contacts::{Contact, ContactState};
 pub use devices::{DeviceId, DeviceRecord, DeviceRefusal};
 pub use groups::{GroupInfo, GroupSummary, Membership};
 pub use messages::{BacklogRow, HistoryDirection, HistoryPage, HistoryRow, MessageKind, NewMessage, RecentSend};
-pub use users::{NewUser, UserRecord};
+pub use stats::StoreStats;
+pub use users::{NewUser, UserRecord, UserSummary};
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
@@ -118,6 +120,8 @@ pub struct Store {
     writes_at_begin: u64,
     next_message_id: MessageId,
     first_uncommitted_id: MessageId,
+    /// COMMIT times and the storing rate, for `im-server ctl stats`.
+    pub stats: StoreStats,
     tail: posting::Tail,
     crash_markers: bool,
     crash_at: Option<CrashPoint>,
@@ -159,6 +163,7 @@ impl Store {
             writes_at_begin: 0,
             next_message_id,
             first_uncommitted_id: next_message_id,
+            stats: StoreStats::default(),
             tail,
             crash_markers: std::env::var(CRASH_MARKERS_ENV).is_ok_and(|v| v == "1"),
             crash_at: None,
@@ -237,8 +242,12 @@ impl Store {
             let flush = self.tail.len() >= self.flush_at;
             let up_to = self.last_message_id();
             let written = if flush { self.tail.write_blocks(&self.db, up_to) } else { Ok(()) };
+            let started = std::time::Instant::now();
             match written.and_then(|()| self.db.execute_batch("COMMIT")) {
                 Ok(()) => {
+                    let now = std::time::Instant::now();
+                    let items = (up_to + 1 - self.first_uncommitted_id).max(0) as u64;
+                    self.stats.commit(now.duration_since(started), items, now);
                     if flush {
                         self.tail.clear(up_to);
                     }

@@ -12,6 +12,18 @@ pub struct UserRecord {
     pub iterations: u32,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
+    /// An operator disabled the account (`im-server ctl disable`): it cannot log in.
+    pub disabled: bool,
+}
+
+/// A user as `im-server ctl users` lists them.
+#[derive(Debug, Clone)]
+pub struct UserSummary {
+    pub id: UserId,
+    pub name: String,
+    pub created_at_ms: i64,
+    pub devices: u32,
+    pub disabled: bool,
 }
 
 /// What `REGISTER` stores.
@@ -33,7 +45,8 @@ impl Store {
     /// Looks a user up by lowercase name.
     pub fn find_user(&self, name_key: &str) -> StoreResult<Option<UserRecord>> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT id, name, salt, iterations, stored_key, server_key FROM users WHERE name_key = ?1 AND deleted_at IS NULL",
+            "SELECT id, name, salt, iterations, stored_key, server_key, disabled_at IS NOT NULL
+             FROM users WHERE name_key = ?1 AND deleted_at IS NULL",
         )?;
         let user = stmt
             .query_row([name_key], |r| {
@@ -44,6 +57,7 @@ impl Store {
                     iterations: r.get(3)?,
                     stored_key: r.get(4)?,
                     server_key: r.get(5)?,
+                    disabled: r.get(6)?,
                 })
             })
             .optional()?;
@@ -154,5 +168,41 @@ impl Store {
             })?;
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// Disables (`true`) or enables an account; returns whether it exists (and is not deleted).
+    pub fn set_disabled(&mut self, user: UserId, disabled: bool, now_ms: i64) -> StoreResult<()> {
+        self.write(|db| {
+            db.prepare_cached("UPDATE users SET disabled_at = CASE WHEN ?2 THEN ?3 ELSE NULL END WHERE id = ?1")?
+                .execute(params![user, disabled, now_ms])?;
+            Ok(())
+        })
+    }
+
+    /// Live accounts whose name contains `pattern` (ignoring ASCII case), by name, at most
+    /// `limit`; and how many match in all.
+    pub fn list_users(&self, pattern: &str, limit: usize) -> StoreResult<(Vec<UserSummary>, u64)> {
+        let like =
+            format!("%{}%", pattern.to_ascii_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let total: i64 = self
+            .db
+            .prepare_cached("SELECT count(*) FROM users WHERE deleted_at IS NULL AND name_key LIKE ?1 ESCAPE '\\'")?
+            .query_row([&like], |r| r.get(0))?;
+        let mut stmt = self.db.prepare_cached(
+            "SELECT id, name, created_at, (SELECT count(*) FROM devices WHERE user_id = users.id), disabled_at IS NOT NULL
+             FROM users WHERE deleted_at IS NULL AND name_key LIKE ?1 ESCAPE '\\' ORDER BY name_key LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![like, limit as i64], |r| {
+            Ok(UserSummary {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_at_ms: r.get(2)?,
+                devices: r.get(3)?,
+                disabled: r.get(4)?,
+            })
+        })?;
+        Ok((rows.collect::<Result<_, _>>()?, total.max(0) as u64))
     }
 }

@@ -271,6 +271,16 @@ impl Transport {
         }
     }
 
+    /// How the connection speaks, for the operator: `tcp`, `tls`, `websocket`, `websocket+tls`.
+    pub fn kind(&self) -> &'static str {
+        match (&self.stream, &self.codec) {
+            (Stream::Plain(_), Codec::WebSocket(_)) => "websocket",
+            (Stream::Tls(_), Codec::WebSocket(_)) => "websocket+tls",
+            (Stream::Plain(_), _) => "tcp",
+            (Stream::Tls(_), _) => "tls",
+        }
+    }
+
     /// The scheme a page served on this stream was loaded with.
     pub fn scheme(&self) -> &'static str {
         match self.stream {

@@ -80,6 +80,7 @@ pub mod code {
     pub const TOO_MANY_REQUESTS: u16 = 36;
     pub const TOO_MANY_FRIENDS: u16 = 37;
     pub const LOGIN_THROTTLED: u16 = 38;
+    pub const ACCOUNT_DISABLED: u16 = 39;
     pub const CREDENTIALS_CHANGED: u16 = 40;
     pub const ACCOUNT_DELETED: u16 = 41;
 }

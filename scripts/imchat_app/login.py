@@ -1,0 +1,347 @@
+"""Logging in and registering: the prompts, the key cache (`--cache-keys`), the device file
+(`--device-file`) and the `Connector` that opens connections and explains failures."""
+
+import json
+import os
+import secrets
+import socket
+import sys
+from getpass import getpass
+
+from imclient import (
+    MAX_DEVICE_NAME, AuthenticationError, Client, DerivedKeys, Device, KeysMismatch, Op,
+    ProtocolError, ServerError, TlsError, derive_keys, new_device_id)
+from .settings import CONNECT_TIMEOUT, USERNAME_RE
+from .text import SENTENCES, describe_os_error, explain
+
+
+def scram_login(client, username, device, keys=None, password=None, on_derive=None):
+    """Logs in as `device` with imclient's SCRAM steps; returns the keys that worked.
+
+    Uses `keys` when they fit the challenge, else derives them from `password` (calling
+    `on_derive()` first, since that takes a moment); raises KeysMismatch without one.
+    """
+    client.login(username, password, device=device, keys=keys, on_derive=on_derive)
+    return client.keys
+
+
+def load_cached_keys(path):
+    """(username, DerivedKeys) from a key file, or None if there is none or it is unusable."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            data = json.load(handle)
+        keys = DerivedKeys(bytes.fromhex(data["salt"]), int(data["iterations"]),
+                           bytes.fromhex(data["salted_password"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        print("The key file %s cannot be read; ignoring it." % path)
+        return None
+    if mode & 0o077:
+        print("Warning: %s can be read by other users; run: chmod 600 %s" % (path, path))
+    return data["username"], keys
+
+
+def save_cached_keys(path, username, keys):
+    """Write the derived keys (never the password) to `path`, readable by its owner only."""
+    data = json.dumps({"username": username, "salt": keys.salt.hex(),
+                       "iterations": keys.iterations,
+                       "salted_password": keys.salted_password.hex()})
+    temporary = "%s.tmp%d" % (path, os.getpid())
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(data + "\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        print("Could not save the key to %s: %s." % (path, describe_os_error(error)))
+        return
+    print("Saved your key (not your password) to %s; anyone who can read that file can log "
+          "in as you." % path)
+
+
+def default_device_file():
+    """~/.config/imchat/device.json, or under $XDG_CONFIG_HOME when it is set."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "imchat", "device.json")
+
+
+def default_device_name():
+    return ("imchat on %s" % (socket.gethostname() or "this computer"))[:MAX_DEVICE_NAME]
+
+
+def valid_device_name(name):
+    return 1 <= len(name) <= MAX_DEVICE_NAME
+
+
+def load_device(path, name=None):
+    """This installation's Device from `path`, created there on first use.
+
+    `name` (from --device-name) renames it. When the file cannot be written the device lives
+    for this run only, and the person is told that the next run will be a new device.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        device = Device(int(data["device_id"]), str(data["device_name"]))
+        if not 0 < device.device_id < 2 ** 64 or not valid_device_name(device.name):
+            raise ValueError("out of range")
+    except FileNotFoundError:
+        device = Device(new_device_id(), name or default_device_name())
+    except (OSError, ValueError, KeyError, TypeError):
+        # Not overwritten: it may be a file the person keeps for another reason.
+        print("The device file %s cannot be read; this run is a new device that is not "
+              "saved (use --device-file PATH for another file)." % path)
+        return Device(new_device_id(), name or default_device_name())
+    else:
+        if name is None or name == device.name:
+            return device
+        device = Device(device.device_id, name)
+    save_device(path, device)
+    return device
+
+
+def save_device(path, device):
+    data = json.dumps({"device_id": device.device_id, "device_name": device.name})
+    temporary = "%s.tmp%d" % (path, os.getpid())
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data + "\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        print("Could not save this device to %s (%s); the next run will count as a new "
+              "device." % (path, describe_os_error(error)))
+
+
+def read_line_unbuffered(prompt):
+    """A line from standard input read byte by byte, for when it is not a terminal: input()
+    would read ahead into a buffer that the chat's select loop cannot see."""
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    data = bytearray()
+    while True:
+        chunk = os.read(0, 1)
+        if not chunk:
+            if not data:
+                raise EOFError
+            break
+        if chunk == b"\n":
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").rstrip("\r")
+
+
+def ask(prompt):
+    """A line typed by the person; None at end of input (Ctrl-D)."""
+    try:
+        return input(prompt) if os.isatty(0) else read_line_unbuffered(prompt)
+    except EOFError:
+        print()
+        return None
+
+
+def ask_password(prompt):
+    """A password, not echoed (read as a plain line when input is not a terminal)."""
+    try:
+        return getpass(prompt) if os.isatty(0) else read_line_unbuffered(prompt)
+    except EOFError:
+        print()
+        return None
+
+
+class Connector:
+    """Opens a connection and greets the server; explains failures as sentences.
+
+    It is opened only once everything the person types for a login is in: the server closes
+    a connection that is not logged in within HELLO_OK's `login_timeout_secs`.
+    """
+
+    def __init__(self, host, port, tls=None):
+        self.host, self.port = host, port
+        self.tls = tls
+        self.hello_info = None
+
+    def open(self):
+        client = Client(timeout=CONNECT_TIMEOUT, tls=self.tls)
+        client.connect(self.host, self.port)
+        client.hello()
+        self.hello_info = client.hello_info
+        return client
+
+    def kdf_iterations(self, requested):
+        """`requested`, raised to the minimum the server announced (REGISTER refuses fewer)."""
+        if self.hello_info is None:
+            return requested
+        return max(requested, self.hello_info["min_kdf_iterations"])
+
+    def probe(self):
+        """Check that the server answers; returns its name, or None after saying why not."""
+        try:
+            client = self.open()
+        except TlsError as error:
+            print("Cannot talk TLS with the server at %s:%d: %s" % (self.host, self.port, error))
+            return None
+        except (OSError, ProtocolError) as error:
+            print("Cannot reach the server at %s:%d (%s). Is it running? Start it with "
+                  "`cargo run --release`, or pass --addr HOST:PORT."
+                  % (self.host, self.port, describe_os_error(error)))
+            return None
+        except ServerError as error:
+            print("The server at %s:%d refused the connection: %s"
+                  % (self.host, self.port, explain(error)))
+            return None
+        name = client.hello_info["server"]
+        client.close()
+        return name
+
+
+def login_prompt(connector, options):
+    """Ask to log in or register until it works; returns (client, keys) or None to quit."""
+    cached = load_cached_keys(options.cache_keys) if options.cache_keys else None
+    if cached is not None:
+        username, keys = cached
+        answer = ask("Log in as %s with the saved key? [Y/n] " % username)
+        if answer is None:
+            return None
+        if answer.strip().lower() in ("", "y", "yes"):
+            result = attempt_login(connector, username, options.device, keys=keys)
+            if result is not None:
+                return result
+    while True:
+        answer = ask("Log in or register? [L/r, q to quit] ")
+        if answer is None or answer.strip().lower() in ("q", "quit"):
+            return None
+        choice = answer.strip().lower()
+        if choice in ("", "l", "login", "log in"):
+            result = login_interactively(connector, options)
+        elif choice in ("r", "register"):
+            result = register_interactively(connector, options)
+        else:
+            print("Type l to log in, r to register or q to quit.")
+            continue
+        if result is not None:
+            return result
+
+
+def print_deriving():
+    print("deriving key\u2026 ", end="", flush=True)
+
+
+def attempt_login(connector, username, device, keys=None, password=None):
+    """One login as `device`; returns (client, keys) or None after explaining what went
+    wrong."""
+    try:
+        client = connector.open()
+    except (OSError, ProtocolError) as error:
+        print("Cannot reach the server (%s)." % describe_os_error(error))
+        return None
+    derived = []
+
+    def on_derive():
+        print_deriving()
+        derived.append(True)
+    try:
+        keys = scram_login(client, username, device, keys=keys, password=password,
+                           on_derive=on_derive)
+    except ServerError as error:
+        if derived:
+            print()
+        client.close()
+        print(explain(error, name=username))
+        return None
+    except KeysMismatch as error:
+        print("%s; please type the password." % str(error).capitalize())
+        return None
+    except (OSError, ProtocolError, AuthenticationError) as error:
+        if derived:
+            print()
+        client.close()
+        print("The login did not complete (%s)." % (
+            describe_os_error(error) if isinstance(error, OSError) else error))
+        return None
+    if derived:
+        print("done.")
+    return client, keys
+
+
+def login_interactively(connector, options):
+    username = ask("Name: ")
+    if username is None:
+        return None
+    username = username.strip()
+    if not USERNAME_RE.match(username):
+        print(SENTENCES[10][1].format(name=username))
+        return None
+    password = ask_password("Password: ")
+    if not password:
+        return None
+    result = attempt_login(connector, username, options.device, password=password)
+    if result is not None and options.cache_keys:
+        save_cached_keys(options.cache_keys, result[0].username, result[1])
+    return result
+
+
+def register_interactively(connector, options):
+    """Choose a name and password, derive the key once, REGISTER, then log in with it."""
+    username = ask("Choose a name (letters, digits, . _ -): ")
+    if username is None:
+        return None
+    username = username.strip()
+    if not USERNAME_RE.match(username):
+        print(SENTENCES[10][1].format(name=username))
+        return None
+    password = ask_password("Choose a password: ")
+    if not password:
+        print("A password cannot be empty.")
+        return None
+    if ask_password("Type it again: ") != password:
+        print("The two passwords differ; let us start again.")
+        return None
+    print_deriving()
+    keys = derive_keys(password, secrets.token_bytes(16),
+                       connector.kdf_iterations(options.kdf_iterations))
+    print("done.")
+    while True:
+        client = None
+        try:
+            client = connector.open()
+            client.request(Op.REGISTER, username=username, salt=keys.salt,
+                           iterations=keys.iterations, stored_key=keys.stored_key,
+                           server_key=keys.server_key)
+            break
+        except ServerError as error:
+            if client is not None:
+                client.close()
+            print(explain(error, name=username))
+            if error.code not in (10, 11):
+                return None
+            username = ask("Choose another name: ")
+            if username is None or not username.strip():
+                return None
+            username = username.strip()
+        except (OSError, ProtocolError) as error:
+            print("Cannot reach the server (%s)." % describe_os_error(error))
+            return None
+    print("Registered %s." % username)
+    try:
+        scram_login(client, username, options.device, keys=keys)
+    except ServerError as error:
+        client.close()
+        print(explain(error, name=username))
+        return None
+    except (OSError, ProtocolError, AuthenticationError, KeysMismatch) as error:
+        client.close()
+        print("The login did not complete (%s)." % error)
+        return None
+    if options.cache_keys:
+        save_cached_keys(options.cache_keys, client.username, keys)
+    return client, keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------

@@ -1,0 +1,230 @@
+//! `im-server ctl`: the operator's line to the running server, over a Unix socket next to the
+//! database (`<db>.ctl`, mode 0600: only the server's own user can use it), like redis-cli or
+//! prosodyctl.
+//!
+//! The socket is polled by the same loop as the clients; each operator connection sends one
+//! line, gets a text answer, and is closed. An answer to a command that changed something is
+//! written only after the batch holding the change has committed.
+
+mod commands;
+
+use crate::cmd::Core;
+use crate::conns::Conns;
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Operator connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 8;
+/// Longest command line.
+const MAX_LINE: usize = 4096;
+/// An operator connection that sends no whole line in this long is closed.
+const LINE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The socket path for the database at `db`.
+pub fn socket_path(db: &Path) -> PathBuf {
+    let mut path = db.as_os_str().to_owned();
+    path.push(".ctl");
+    PathBuf::from(path)
+}
+
+struct Operator {
+    stream: UnixStream,
+    line: Vec<u8>,
+    /// The answer, once the command has run; held back while `waits_for_commit`.
+    answer: Vec<u8>,
+    written: usize,
+    answered: bool,
+    waits_for_commit: bool,
+    since: Instant,
+}
+
+pub struct Ctl {
+    listener: UnixListener,
+    path: PathBuf,
+    operators: Slab<Operator>,
+    /// Tokens: `base + slab key`, above every connection's token and below the listeners'.
+    base: usize,
+    listener_token: Token,
+    pub started: Instant,
+}
+
+impl Ctl {
+    /// Creates the socket at `path` with mode 0600 and registers it. The socket is made in a
+    /// private directory and renamed into place, so it is never reachable with wider modes; a
+    /// stale socket from a server that did not stop cleanly is replaced.
+    pub fn bind(path: PathBuf, registry: &Registry, listener_token: Token, base: usize) -> io::Result<Ctl> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = path.with_extension(format!("ctl-new-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let staged = dir.join("socket");
+        let bound = UnixListener::bind(&staged).and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&staged, &path)?;
+            Ok(listener)
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut listener = bound?;
+        registry.register(&mut listener, listener_token, Interest::READABLE)?;
+        Ok(Ctl { listener, path, operators: Slab::new(), base, listener_token, started: Instant::now() })
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        token == self.listener_token || (token.0 >= self.base && token.0 < self.base + MAX_CONNECTIONS)
+    }
+
+    /// Handles an event of the listener or of an operator connection.
+    pub fn event(&mut self, token: Token, registry: &Registry, core: &mut Core, conns: &Conns) {
+        if token == self.listener_token {
+            self.accept(registry);
+        } else {
+            let key = token.0 - self.base;
+            self.read(key, core, conns);
+            self.write(key, registry);
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry) {
+        while self.operators.len() < MAX_CONNECTIONS {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let key = self.operators.vacant_key();
+                    if registry.register(&mut stream, Token(self.base + key), Interest::READABLE).is_err() {
+                        continue;
+                    }
+                    self.operators.insert(Operator {
+                        stream,
+                        line: Vec::new(),
+                        answer: Vec::new(),
+                        written: 0,
+                        answered: false,
+                        waits_for_commit: false,
+                        since: Instant::now(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn read(&mut self, key: usize, core: &mut Core, conns: &Conns) {
+        let Some(op) = self.operators.get_mut(key) else { return };
+        if op.answered {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            match op.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => op.line.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+            if op.line.contains(&b'\n') || op.line.len() > MAX_LINE {
+                break;
+            }
+        }
+        let Some(end) = op.line.iter().position(|&b| b == b'\n') else {
+            if op.line.len() > MAX_LINE {
+                op.answer = b"error: the command line is too long\n".to_vec();
+                op.answered = true;
+            }
+            return;
+        };
+        let line = String::from_utf8_lossy(&op.line[..end]).into_owned();
+        let (answer, wrote) = commands::execute(line.trim(), core, conns, self.started);
+        op.answer = answer.into_bytes();
+        op.answered = true;
+        op.waits_for_commit = wrote;
+    }
+
+    /// After the batch's commit: answers that waited for it may go (or say it failed).
+    pub fn after_commit(&mut self, committed: bool, registry: &Registry) {
+        let keys: Vec<usize> = self.operators.iter().filter(|(_, op)| op.waits_for_commit).map(|(k, _)| k).collect();
+        for key in keys {
+            let op = &mut self.operators[key];
+            op.waits_for_commit = false;
+            if !committed {
+                op.answer = b"error: the database failed; nothing was changed\n".to_vec();
+            }
+            self.write(key, registry);
+        }
+    }
+
+    fn write(&mut self, key: usize, registry: &Registry) {
+        let Some(op) = self.operators.get_mut(key) else { return };
+        if !op.answered || op.waits_for_commit {
+            return;
+        }
+        while op.written < op.answer.len() {
+            match op.stream.write(&op.answer[op.written..]) {
+                Ok(n) if n > 0 => op.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let token = Token(self.base + key);
+                    let _ = registry.reregister(&mut op.stream, token, Interest::READABLE | Interest::WRITABLE);
+                    return;
+                }
+                _ => break,
+            }
+        }
+        self.close(key, registry);
+    }
+
+    fn close(&mut self, key: usize, registry: &Registry) {
+        if let Some(mut op) = self.operators.try_remove(key) {
+            let _ = registry.deregister(&mut op.stream);
+        }
+    }
+
+    /// Closes operator connections that sent no whole line in time.
+    pub fn sweep(&mut self, now: Instant, registry: &Registry) {
+        let stale: Vec<usize> = self
+            .operators
+            .iter()
+            .filter(|(_, op)| !op.answered && now.duration_since(op.since) >= LINE_TIMEOUT)
+            .map(|(k, _)| k)
+            .collect();
+        for key in stale {
+            self.close(key, registry);
+        }
+    }
+
+    /// Stops listening and removes the socket file.
+    pub fn shut(mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.listener);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The `ctl` verb: sends `args` as one line to the server of the database `db` and prints the
+/// answer. Fails (1) when the server answers an error, (2) when it cannot be reached.
+pub fn run_client(db: &Path, args: &[String]) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let path = socket_path(db);
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(e) => {
+            eprintln!(
+                "im-server ctl: cannot reach {} ({e}): is the server running with --db {}?",
+                path.display(),
+                db.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let line = format!("{}\n", args.join(" "));
+    let mut answer = String::new();
+    if let Err(e) = stream.write_all(line.as_bytes()).and_then(|()| stream.read_to_string(&mut answer)) {
+        eprintln!("im-server ctl: {e}");
+        return ExitCode::from(2);
+    }
+    print!("{answer}");
+    if answer.starts_with("error:") { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}

@@ -1,0 +1,129 @@
+//! `im-server ctl`: the operator's commands over the Unix socket next to the database, run
+//! through the real binary's `ctl` verb against a running server.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use support::*;
+
+/// Runs `im-server --db DB ctl ARGS`; returns the exit code and what it printed.
+fn ctl(server: &TestServer, args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_im-server"))
+        .arg("--db")
+        .arg(server.db_path())
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("run im-server ctl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_socket_is_private_and_stats_report_the_server() {
+    let server = TestServer::start();
+    let socket = format!("{}.ctl", server.db_path().display());
+    let mode = std::fs::metadata(&socket).expect("the socket exists").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let (_alice, _bob) = alice_and_bob(&server);
+
+    let (code, text) = ctl(&server, &["stats"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("connections          2\n"), "{text}");
+    assert!(text.contains("online users         2\n"), "{text}");
+
+    let (code, text) = ctl(&server, &["stats", "--prometheus"]);
+    assert_eq!(code, 0, "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+        assert!(name.starts_with("im_server_"), "{line}");
+        value.parse::<f64>().unwrap_or_else(|_| panic!("not a number: {line:?}"));
+    }
+    assert!(text.contains("\nim_server_online_users 2\n"), "{text}");
+    assert!(text.contains("im_server_commit_seconds{quantile=\"0.99\"}"), "{text}");
+
+    let (code, text) = ctl(&server, &["frobnicate"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.starts_with("error: unknown command"), "{text}");
+}
+
+#[test]
+fn users_and_sessions_are_listed() {
+    let server = TestServer::start();
+    server.register_all(&["alice", "albert", "bob"]);
+    let _alice = server.device("alice");
+    let (code, text) = ctl(&server, &["users", "AL"]);
+    assert_eq!(code, 0, "{text}");
+    let names: Vec<&str> = text.lines().skip(1).map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(names, ["albert", "alice"], "{text}");
+    assert!(text.lines().any(|l| l.starts_with("alice\t") && l.contains("\tyes\tno")), "alice online, enabled: {text}");
+
+    let (code, text) = ctl(&server, &["sessions", "alice"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("alice: 1 session(s)"), "{text}");
+    assert!(text.contains("127.0.0.1\ttcp\tdevice 32343"), "{text}");
+    let (_, text) = ctl(&server, &["sessions", "bob"]);
+    assert_eq!(text, "bob: offline\n");
+}
+
+#[test]
+fn a_disabled_account_is_closed_and_refused_until_enabled() {
+    let server = TestServer::start();
+    server.register("alice");
+    let mut alice = server.device("alice");
+    let (code, text) = ctl(&server, &["disable", "ALICE"]);
+    assert_eq!((code, text.as_str()), (0, "alice disabled\n"));
+    alice.assert_error_and_close(code::ACCOUNT_DISABLED);
+    let mut again = server.hello();
+    let refused = again.try_login("alice", &password_of("alice")).unwrap_err();
+    assert_eq!(refused.error_code(), Some(code::ACCOUNT_DISABLED));
+    // A wrong password is still only a wrong password: being disabled is not revealed.
+    assert_eq!(again.try_login("alice", "wrong").unwrap_err().error_code(), Some(code::AUTH_FAILED));
+    assert_eq!(ctl(&server, &["enable", "alice"]).1, "alice enabled\n");
+    assert_eq!(server.hello().try_login("alice", &password_of("alice")).unwrap(), "alice");
+}
+
+#[test]
+fn kick_and_delete_tell_the_others() {
+    let server = TestServer::start();
+    let (mut alice, mut bob) = alice_and_bob(&server);
+    let group = alice.call(req::group_create("book club")).group_id();
+    assert_eq!(alice.call(req::group_invite(group, "bob")), Message::Ok);
+    bob.push();
+    let (code, text) = ctl(&server, &["kick", &group.to_string(), "bob"]);
+    assert_eq!((code, text.as_str()), (0, "bob removed from the group\n"));
+    for member in [&mut alice, &mut bob] {
+        let left = member.push();
+        assert!(matches!(&left, Message::GroupEvent { username, event: 2, .. } if username == "bob"), "{left:?}");
+    }
+    assert_eq!(ctl(&server, &["kick", "1", "bob"]).0, 1, "the lobby cannot be left");
+
+    let (code, text) = ctl(&server, &["delete", "bob"]);
+    assert_eq!((code, text.as_str()), (0, "bob deleted\n"));
+    // Bob's own items of the deletion (the friendship ended) come first, then the error.
+    loop {
+        let frame = bob.read_frame();
+        if frame.opcode == op::ERROR {
+            assert_eq!(frame.decode().error_code(), Some(code::ACCOUNT_DELETED));
+            break;
+        }
+    }
+    bob.assert_closed();
+    let removed = alice.push();
+    assert!(
+        matches!(&removed, Message::FriendEvent { event: friend_event::REMOVED, username, .. } if username == "bob"),
+        "{removed:?}"
+    );
+    assert_eq!(ctl(&server, &["delete", "bob"]).1, "error: no such user\n");
+}
+
+#[test]
+fn a_silent_operator_connection_does_not_stop_the_server() {
+    let server = TestServer::start();
+    let socket = format!("{}.ctl", server.db_path().display());
+    let _silent: Vec<_> = (0..3).map(|_| std::os::unix::net::UnixStream::connect(&socket).expect("connect")).collect();
+    let mut client = server.hello();
+    assert_eq!(client.call(req::ping()), Message::Pong);
+    assert_eq!(ctl(&server, &["help"]).0, 0);
+}
