@@ -617,6 +617,29 @@ class Scenario:
         for browser in (self.alice, self.bob):
             browser.resize(*DESKTOP)
 
+    def step_leave_group(self):
+        # alice makes a second group with bob in it; bob leaves it (Leave asks twice).
+        self.alice.type("[data-test=group-name]", "book club")
+        self.alice.click("[data-test=group-create]")
+        self.alice.wait_text("[data-test=conversation-title]", "book club")
+        self.alice.wait("return !!document.querySelector('[data-test=invite-name] option[value=bob]');",
+                        "bob among the friends to invite")
+        self.alice.select("[data-test=invite-name]", "bob")
+        self.alice.click("[data-test=invite]")
+        self.alice.wait_text("[data-test=conversation-status]", "2 members")
+        self.open_conversation(self.bob, self.group_selector("book club"))
+        self.bob.click("[data-test=group-leave]")
+        check(self.bob.run("return !!document.querySelector(arguments[0]);",
+                           self.group_selector("book club")),
+              "one click left the group without asking")
+        self.bob.click("[data-test=group-leave]")
+        self.bob.wait("return !document.querySelector(arguments[0]);", "the group to leave bob's list",
+                      self.group_selector("book club"))
+        self.alice.wait_text("[data-test=conversation-status]", "1 member")
+        self.alice.wait("return [...document.querySelectorAll('[data-test=event]')]"
+                        ".some((e) => e.textContent === 'bob left');", "alice told that bob left")
+        self.open_conversation(self.bob, "[data-test=conversation-alice]")
+
     def step_reload_keeps_a_remembered_session(self):
         self.alice.refresh()
         self.wait_logged_in(self.alice, "alice")
@@ -756,6 +779,7 @@ class Scenario:
          "step_offline_and_back"),
         ("a group: create, invite, messages both ways", "step_group"),
         ("screenshots at desktop and phone width", "step_screenshots"),
+        ("leaving a group (asked twice); the others are told", "step_leave_group"),
         ("a reload keeps the session with remember me", "step_reload_keeps_a_remembered_session"),
         ("a long absence: SYNC_GAP filled from HISTORY, counted unread", "step_long_absence"),
         ("scroll-back through HISTORY", "step_scroll_back"),

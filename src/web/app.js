@@ -12,7 +12,7 @@
 //                 conversation-group-<id> (data-name="<group name>"), unread-group-<id>,
 //                 group-name, group-create
 //   conversation: conversation, conversation-title, conversation-status, back, invite-name,
-//                 invite, messages, history-more, message (data-id, data-from, data-mine,
+//                 invite, group-leave (click twice), messages, history-more, message (data-id, data-from, data-mine,
 //                 data-state="sending|sent|read|failed" on your own), event, composer, send
 // Names in attributes are usernames as registered (letters, digits, _ . -).
 
@@ -495,17 +495,26 @@ async function fillGap(gap) {
   const after = BigInt(gap.after);
   const upTo = BigInt(gap.upTo);
   let found = 0;
-  const targets = [...state.friends.values()].map((f) => directKey(f.name))
-    .concat([...state.groups.keys()].map((id) => groupKey(id)));
+  // Friends and groups now, and the direct conversations this browser has seen (former
+  // friends, whose history stays readable); one that is no longer readable is skipped.
+  const targets = new Set([...state.friends.values()].map((f) => directKey(f.name))
+    .concat([...state.groups.keys()].map((id) => groupKey(id)))
+    .concat(Object.keys(state.view.convs).filter((key) => key.startsWith('u:'))));
   for (const key of targets) {
     const conv = conversation(key);
     const view = viewOf(key);
     const countedBefore = BigInt(gap.counted[key] || '0');
     let from = after;
     while (from !== 0n && from < upTo) {
-      const page = await state.conn.request(Op.HISTORY, {
-        ...target(conv), direction: Direction.NEWER, from_message_id: from, limit: GAP_PAGE,
-      });
+      let page;
+      try {
+        page = await state.conn.request(Op.HISTORY, {
+          ...target(conv), direction: Direction.NEWER, from_message_id: from, limit: GAP_PAGE,
+        });
+      } catch (error) {
+        if (error instanceof ServerError && error.code === Err.FORBIDDEN) break;
+        throw error;
+      }
       for (const m of page.messages) {
         if (m.message_id > upTo) break;
         const mine = lower(m.sender) === lower(state.me);
@@ -668,6 +677,19 @@ async function invite(conv, name) {
   }
 }
 
+async function leaveGroup(conv) {
+  if (!state.conn || !state.online) { notice('Not connected.'); return; }
+  const answer = await act(state.conn.request(Op.GROUP_LEAVE, { group_id: conv.groupId }),
+    `You left ${conv.title}.`);
+  if (!answer) return;
+  state.groups.delete(String(conv.groupId));
+  if (state.current === conv.key) {
+    state.current = null;
+    document.body.classList.remove('show-conversation');
+  }
+  render();
+}
+
 function openConversation(key) {
   state.current = key;
   const conv = conversation(key);
@@ -698,6 +720,21 @@ function wire() {
     const input = $('[data-test=group-name]');
     const name = input.value.trim();
     if (name) { input.value = ''; createGroup(name); }
+  });
+  // Leaving asks for a second click (within a few seconds) instead of a blocking dialog.
+  const leave = $('[data-test=group-leave]');
+  leave.addEventListener('click', () => {
+    const conv = state.current && state.convs.get(state.current);
+    if (!conv || !conv.group) return;
+    if (leave.dataset.armed !== conv.key) {
+      leave.dataset.armed = conv.key;
+      leave.textContent = 'Leave? Click again';
+      setTimeout(() => { delete leave.dataset.armed; leave.textContent = 'Leave'; }, 4000);
+      return;
+    }
+    delete leave.dataset.armed;
+    leave.textContent = 'Leave';
+    leaveGroup(conv);
   });
   $('#invite-form').addEventListener('submit', (event) => {
     event.preventDefault();

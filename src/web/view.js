@@ -92,6 +92,10 @@ function renderRequests() {
   box.hidden = rows.length === 0;
 }
 
+function memberCount(count) {
+  return `${count} member${count === 1 ? '' : 's'}`;
+}
+
 function byName(a, b) {
   return lower(a) < lower(b) ? -1 : lower(a) > lower(b) ? 1 : 0;
 }
@@ -113,7 +117,7 @@ export function renderList() {
   for (const { conv, friend, group } of entries) {
     const unread = viewOf(conv.key).unread;
     const last = lastMessage(conv);
-    const preview = last ? `${last.mine ? 'You: ' : conv.group ? `${last.from}: ` : ''}${last.body}` : (group ? `${group.members} members` : '');
+    const preview = last ? `${last.mine ? 'You: ' : conv.group ? `${last.from}: ` : ''}${last.body}` : (group ? memberCount(group.members) : '');
     const name = friend ? friend.name : group.name;
     const testName = friend ? friend.name : `group-${group.id}`;
     rows.push(el('li', {},
@@ -149,7 +153,7 @@ function renderConversationHeader() {
   let status = '';
   if (conv.group) {
     const group = state.groups.get(String(conv.groupId));
-    status = group ? `${group.members} members` : '';
+    status = group ? memberCount(group.members) : '';
   } else {
     const friend = state.friends.get(conv.peer);
     status = friend ? (friend.online ? 'online' : 'offline') : 'not a friend';
@@ -157,6 +161,7 @@ function renderConversationHeader() {
   $('[data-test=conversation-status]').textContent = status;
   const inviteForm = $('#invite-form');
   inviteForm.hidden = !conv.group || conv.groupId === 1n;
+  $('[data-test=group-leave]').hidden = inviteForm.hidden;
   if (!inviteForm.hidden) {
     // Rebuilt only when the friends change, so an open drop-down is left alone.
     const select = $('[data-test=invite-name]');
