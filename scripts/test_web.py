@@ -611,6 +611,12 @@ class Scenario:
         self.bob.click("[data-test=back]")
         self.bob.wait_for("[data-test=conversations]")
         self.shoot(self.bob, "phone-list")
+        # On a phone, the browser's own back returns from a conversation to the list.
+        self.open_conversation(self.bob, "[data-test=conversation-alice]")
+        self.bob.call("POST", "/back", {})
+        self.bob.wait_for("[data-test=conversations]")
+        check(self.bob.run("return location.href;") == self.server.url,
+              "back left the page for %s" % self.bob.run("return location.href;"))
         self.shoot(self.alice, "phone-conversation")
         self.open_conversation(self.bob, "[data-test=conversation-alice]")
         self.bob.wait_message("see you on Saturday then")

@@ -29,6 +29,8 @@ import {
 } from './view.js';
 
 const HISTORY_PAGE = 40;
+// Where app.css shows one pane at a time.
+const PHONE_WIDTH = window.matchMedia('(max-width: 720px)');
 const GAP_PAGE = 200;
 const ACK_DELAY_MS = 150;
 const RECONNECT_FIRST_MS = 500;
@@ -690,9 +692,16 @@ async function leaveGroup(conv) {
   render();
 }
 
+/**
+ * Shows a conversation. On a phone-sized screen it replaces the list, and a history entry is
+ * pushed so that the phone's own back gesture returns to the list instead of leaving the page.
+ */
 function openConversation(key) {
   state.current = key;
   const conv = conversation(key);
+  if (PHONE_WIDTH.matches && !document.body.classList.contains('show-conversation')) {
+    history.pushState({ conversation: true }, '');
+  }
   document.body.classList.add('show-conversation');
   render();
   renderConversation({ toBottom: true });
@@ -756,10 +765,17 @@ function wire() {
   composer.addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) { event.preventDefault(); submit(); }
   });
-  $('[data-test=back]').addEventListener('click', () => {
+  const closeConversation = () => {
     document.body.classList.remove('show-conversation');
     state.current = null;
     render();
+  };
+  $('[data-test=back]').addEventListener('click', () => {
+    if (history.state && history.state.conversation) history.back(); // popstate closes it
+    else closeConversation();
+  });
+  window.addEventListener('popstate', () => {
+    if (document.body.classList.contains('show-conversation')) closeConversation();
   });
   const scroller = $('[data-test=messages]');
   const older = () => { const conv = state.current && state.convs.get(state.current); if (conv) loadHistory(conv); };
