@@ -68,14 +68,7 @@ fn a_deleted_account_leaves_its_friends_and_groups_and_its_messages_stay_under_a
     assert_eq!(alice.call(req::account_delete(&proof)), Message::Ok);
     alice.assert_closed();
     // The phone gets its own items of the deletion (friend removed, group left), then the error.
-    loop {
-        let frame = phone.read_frame();
-        if frame.opcode == op::ERROR {
-            assert_eq!(frame.decode().error_code(), Some(code::ACCOUNT_DELETED));
-            break;
-        }
-    }
-    phone.assert_closed();
+    phone.assert_items_then_error_and_close(code::ACCOUNT_DELETED);
     let told: Vec<Message> = (0..2).map(|_| bob.push()).collect();
     assert!(
         told.iter().any(

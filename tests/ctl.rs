@@ -102,14 +102,7 @@ fn kick_and_delete_tell_the_others() {
     let (code, text) = ctl(&server, &["delete", "bob"]);
     assert_eq!((code, text.as_str()), (0, "bob deleted\n"));
     // Bob's own items of the deletion (the friendship ended) come first, then the error.
-    loop {
-        let frame = bob.read_frame();
-        if frame.opcode == op::ERROR {
-            assert_eq!(frame.decode().error_code(), Some(code::ACCOUNT_DELETED));
-            break;
-        }
-    }
-    bob.assert_closed();
+    bob.assert_items_then_error_and_close(code::ACCOUNT_DELETED);
     let removed = alice.push();
     assert!(
         matches!(&removed, Message::FriendEvent { event: friend_event::REMOVED, username, .. } if username == "bob"),

@@ -10,7 +10,7 @@ use crate::protocol::ErrorCode;
 use crate::protocol::request::Verifier;
 use crate::protocol::response;
 use crate::protocol::response::{FriendEvent, GroupEvent};
-use crate::scram::{self, KEY_LEN};
+use crate::scram;
 use crate::session::{CloseReason, PendingLogin};
 use crate::store::{ContactState, DeviceId, LOBBY_GROUP_ID, UserId};
 use crate::world::Token;
@@ -48,15 +48,7 @@ fn check_proof(ctx: &mut Ctx, o: &mut Origin, me: UserId, proof: &[u8]) -> Resul
 
 pub fn password_change(ctx: &mut Ctx, o: &mut Origin, me: UserId, proof: &[u8], new: &Verifier) -> Outcome {
     check_proof(ctx, o, me, proof)?;
-    if new.iterations < ctx.config.min_kdf_iterations {
-        return refuse(
-            ErrorCode::WeakCredentials,
-            "the key derivation uses fewer iterations than this server requires",
-        );
-    }
-    if !(16..=64).contains(&new.salt.len()) || new.stored_key.len() != KEY_LEN || new.server_key.len() != KEY_LEN {
-        return refuse(ErrorCode::WeakCredentials, "the salt must be 16 to 64 bytes and each key 32 bytes");
-    }
+    auth::check_verifier(ctx, new.salt, new.iterations, new.stored_key, new.server_key)?;
     ctx.store.set_verifier(me, new.salt, new.iterations, new.stored_key, new.server_key)?;
     // Every other session of the account was opened with the old password: end them.
     let others: Vec<_> = ctx.world.sessions(me).iter().copied().filter(|&t| t != o.token).collect();

@@ -49,15 +49,7 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
     if !valid_username(r.username) {
         return refuse(ErrorCode::InvalidUsername, "a username is 1 to 32 characters of A-Z, a-z, 0-9, _ . -");
     }
-    if r.iterations < ctx.config.min_kdf_iterations {
-        return refuse(
-            ErrorCode::WeakCredentials,
-            "the key derivation uses fewer iterations than this server requires",
-        );
-    }
-    if !(16..=64).contains(&r.salt.len()) || r.stored_key.len() != KEY_LEN || r.server_key.len() != KEY_LEN {
-        return refuse(ErrorCode::WeakCredentials, "the salt must be 16 to 64 bytes and each key 32 bytes");
-    }
+    check_verifier(ctx, r.salt, r.iterations, r.stored_key, r.server_key)?;
     let name_key = r.username.to_ascii_lowercase();
     let cooling_ms = i64::from(ctx.config.name_cooling_days) * 86_400_000;
     ctx.store.release_deleted_name(&name_key, ctx.now_ms - cooling_ms)?;
@@ -75,6 +67,21 @@ pub fn register(ctx: &mut Ctx, o: &mut Origin, r: &Registration) -> Outcome {
     }
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::ok(b, id));
+    Ok(())
+}
+
+/// Refuses a SCRAM verifier (of `REGISTER` or `PASSWORD_CHANGE`) that is weaker than this
+/// server accepts or malformed: `WEAK_CREDENTIALS`.
+pub(super) fn check_verifier(ctx: &Ctx, salt: &[u8], iterations: u32, stored_key: &[u8], server_key: &[u8]) -> Outcome {
+    if iterations < ctx.config.min_kdf_iterations {
+        return refuse(
+            ErrorCode::WeakCredentials,
+            "the key derivation uses fewer iterations than this server requires",
+        );
+    }
+    if !(16..=64).contains(&salt.len()) || stored_key.len() != KEY_LEN || server_key.len() != KEY_LEN {
+        return refuse(ErrorCode::WeakCredentials, "the salt must be 16 to 64 bytes and each key 32 bytes");
+    }
     Ok(())
 }
 

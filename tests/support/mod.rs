@@ -1275,6 +1275,19 @@ impl Client {
         }
     }
 
+    /// Reads frames until an `ERROR` (the items before it, the connection's own, are skipped),
+    /// checks its code, and checks that the server then closes the connection.
+    pub fn assert_items_then_error_and_close(&mut self, code: u16) {
+        loop {
+            let frame = self.read_frame();
+            if frame.opcode == op::ERROR {
+                assert_eq!(frame.decode().error_code(), Some(code), "{frame:?}");
+                break;
+            }
+        }
+        self.assert_closed();
+    }
+
     /// `REAUTH_START`, then the proof of `password` for its challenge (for `PASSWORD_CHANGE`
     /// or `ACCOUNT_DELETE`).
     pub fn fresh_proof(&mut self, password: &str) -> [u8; 32] {
