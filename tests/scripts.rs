@@ -50,6 +50,26 @@ fn crash_safety_under_sigkill() {
     run_script("crash_test.py");
 }
 
+/// Two headless Chromiums (Debian's `chromium` and `chromium-driver`, which `.ci/run` installs)
+/// use the page the server serves: register, befriend, chat, go offline and come back, a
+/// group, reloads with and without "remember me"; screenshots in target/web-screenshots.
+#[test]
+fn web_client_in_two_browsers() {
+    let missing: Vec<&str> = ["chromium", "chromedriver"].into_iter().filter(|tool| !on_path(tool)).collect();
+    if !missing.is_empty() {
+        println!(
+            "SKIPPED web_client_in_two_browsers: {} not installed (apt-get install chromium chromium-driver)",
+            missing.join(" and ")
+        );
+        return;
+    }
+    run_script("test_web.py");
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
 #[test]
 fn python_client_self_test() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
