@@ -148,36 +148,31 @@ fn pump(mut tls: ClientConnection, server: TcpStream, local: TcpStream) -> io::R
                 }
             }
         }
-        loop {
+        // Records are read and their plaintext taken one read at a time: rustls holds only a
+        // bounded amount of received plaintext, and refuses more records until it is taken.
+        while !server_done {
             match tls.read_tls(&mut server) {
-                Ok(0) => {
-                    server_done = true;
-                    break;
-                }
+                Ok(0) => server_done = true,
                 Ok(_) => {
                     if tls.process_new_packets().is_err() {
                         server_done = true;
-                        break;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    server_done = true;
-                    break;
-                }
+                Err(_) => server_done = true,
             }
-        }
-        loop {
-            match tls.reader().read(&mut buf) {
-                Ok(0) => {
-                    server_done = true;
-                    break;
-                }
-                Ok(n) => to_local.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    server_done = true;
-                    break;
+            loop {
+                match tls.reader().read(&mut buf) {
+                    Ok(0) => {
+                        server_done = true;
+                        break;
+                    }
+                    Ok(n) => to_local.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        server_done = true;
+                        break;
+                    }
                 }
             }
         }

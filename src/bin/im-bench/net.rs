@@ -347,51 +347,35 @@ fn bind_and_connect(source: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream>
 /// returns whether plaintext arrived and why the connection ended, if it did.
 fn read_tls(conn: &mut Conn, scratch: &mut [u8]) -> (bool, Option<String>) {
     let Some(tls) = conn.tls.as_mut() else { return (false, None) };
-    let mut closed = None;
-    loop {
-        match tls.read_tls(&mut conn.stream) {
-            Ok(0) => {
-                closed = Some("the peer closed the connection".to_string());
-                break;
-            }
-            Ok(_) => {
-                conn.connected = true;
-                if let Err(e) = tls.process_new_packets() {
-                    closed = Some(format!("TLS: {e}"));
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
-            Err(e) => {
-                closed = Some(format!("read failed: {e}"));
-                break;
-            }
-        }
-    }
     let mut got = false;
     loop {
-        match tls.reader().read(scratch) {
-            Ok(0) => {
-                closed.get_or_insert_with(|| "the peer closed the TLS session".to_string());
-                break;
-            }
-            Ok(n) => match take_plaintext(&mut conn.ws, &mut conn.rbuf, &scratch[..n]) {
-                Ok(more) => got |= more,
-                Err(why) => {
-                    closed.get_or_insert(why);
-                    break;
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => {
-                closed.get_or_insert_with(|| format!("TLS: {e}"));
-                break;
+        // Records are read and their plaintext taken one read at a time: rustls holds only a
+        // bounded amount of received plaintext, and refuses more records until it is taken.
+        let read = match tls.read_tls(&mut conn.stream) {
+            Ok(0) => return (got, Some("the peer closed the connection".to_string())),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (got, None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return (got, None),
+            Err(e) => return (got, Some(format!("read failed: {e}"))),
+        };
+        debug_assert!(read > 0);
+        conn.connected = true;
+        if let Err(e) = tls.process_new_packets() {
+            return (got, Some(format!("TLS: {e}")));
+        }
+        loop {
+            match tls.reader().read(scratch) {
+                Ok(0) => return (got, Some("the peer closed the TLS session".to_string())),
+                Ok(n) => match take_plaintext(&mut conn.ws, &mut conn.rbuf, &scratch[..n]) {
+                    Ok(more) => got |= more,
+                    Err(why) => return (got, Some(why)),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return (got, Some(format!("TLS: {e}"))),
             }
         }
     }
-    (got, closed)
 }
 
 /// Files plaintext that arrived: protocol bytes into `rbuf`, through the WebSocket framing
