@@ -12,7 +12,10 @@ Layout of this file, in reading order:
 * wire tables: opcodes, error codes and the field list of every frame (``SCHEMAS``);
 * encoding and decoding: ``encode_body``/``decode_body`` walk a schema, ``encode_frame`` and
   ``decode_frame`` add the frame header, ``split_frame`` cuts one frame off a byte buffer;
-* SCRAM-SHA-256: ``derive_keys``, ``auth_message``, ``client_proof``, ``server_signature``;
+* SCRAM-SHA-256, the only copy of the client's steps (imchat and the tests use these):
+  ``derive_keys`` and ``fresh_keys``, ``DerivedKeys.verifier`` (what REGISTER and
+  PASSWORD_CHANGE send), ``answer_challenge`` (the proof for a LOGIN or REAUTH challenge),
+  ``server_signature``; ``Client.login``, ``finish_login`` and ``fresh_proof`` put them in order;
 * devices: ``Device`` and ``new_device_id`` (a login speaks for one device, which has its own
   delivery position on the server; the caller keeps the id from one run to the next);
 * ``Client``: one TCP connection; requests are matched to responses by request id, pushes
@@ -36,6 +39,8 @@ PROTOCOL_VERSION = 2
 # figure); never below the server's `min_kdf_iterations` from HELLO_OK.
 DEFAULT_ITERATIONS = 600_000
 DEFAULT_TIMEOUT = 10.0
+# Bytes of random salt in a new verifier (RFC 7677's example uses 16).
+SALT_BYTES = 16
 # A frame from the server larger than this is treated as a protocol error by the client.
 MAX_INCOMING_FRAME = 16 * 1024 * 1024
 HEADER = struct.Struct(">IBI")  # length, opcode, request id
@@ -528,6 +533,12 @@ class DerivedKeys:
     def matches(self, salt, iterations):
         return self.salt == bytes(salt) and self.iterations == iterations
 
+    def verifier(self):
+        """The fields REGISTER and PASSWORD_CHANGE send: what the server stores, from which
+        it can check a proof but never derive one."""
+        return {"salt": self.salt, "iterations": self.iterations,
+                "stored_key": self.stored_key, "server_key": self.server_key}
+
     def __repr__(self):
         return "DerivedKeys(salt=%s, iterations=%d)" % (self.salt.hex(), self.iterations)
 
@@ -559,6 +570,11 @@ def derive_keys(password, salt, iterations):
     return DerivedKeys(salt, iterations, salted)
 
 
+def fresh_keys(password, iterations):
+    """Keys for a new verifier (registering, changing the password): a fresh random salt."""
+    return derive_keys(password, secrets.token_bytes(SALT_BYTES), iterations)
+
+
 def _wire_str(value):
     data = value.encode("utf-8")
     return struct.pack(">H", len(data)) + data
@@ -582,6 +598,22 @@ def client_proof(keys, message):
 def server_signature(keys, message):
     """ServerSignature = HMAC(ServerKey, AuthMessage)."""
     return _hmac(keys.server_key, message)
+
+
+def answer_challenge(username, client_nonce, challenge, keys):
+    """The client's SCRAM step for a challenge (LOGIN_CHALLENGE or REAUTH_CHALLENGE) to a
+    request that sent `client_nonce`: returns (ClientProof, AuthMessage), the AuthMessage kept
+    to check the server's signature. `keys` must be derived for the challenge's salt and
+    iterations.
+
+    Raises AuthenticationError when the server's nonce does not extend ours: a server that
+    drops our part could replay an old exchange (RFC 5802 section 5.1).
+    """
+    salt, iterations, nonce = challenge["salt"], challenge["iterations"], challenge["nonce"]
+    if not nonce.startswith(client_nonce) or len(nonce) <= len(client_nonce):
+        raise AuthenticationError("the server's nonce does not extend ours")
+    message = auth_message(username, client_nonce, salt, iterations, nonce)
+    return client_proof(keys, message), message
 
 
 RFC7677_AUTH_MESSAGE = (
@@ -929,17 +961,19 @@ class Client:
             count = max(count, self.hello_info["min_kdf_iterations"])
         return count
 
-    def register(self, username, password, iterations=None, salt=None):
-        """REGISTER with a fresh 16-byte salt; returns the DerivedKeys (usable by login).
+    def register(self, username, password=None, iterations=None, salt=None, *, keys=None):
+        """REGISTER; returns the DerivedKeys (usable by login).
 
-        `iterations` is raised to the server's minimum (see `kdf_iterations`); send a raw
-        REGISTER request to offer fewer.
+        With `password`, derives keys for `salt` (a fresh one when None) and `iterations`
+        raised to the server's minimum (see `kdf_iterations`). With `keys` instead, registers
+        those as they are (derived beforehand: before connecting, or once for many users).
+        Send a raw REGISTER request to offer what the server should refuse.
         """
-        salt = secrets.token_bytes(16) if salt is None else salt
-        iterations = self.kdf_iterations(iterations)
-        keys = derive_keys(password, salt, iterations)
-        self.request(Op.REGISTER, username=username, salt=keys.salt, iterations=iterations,
-                     stored_key=keys.stored_key, server_key=keys.server_key)
+        if keys is None:
+            iterations = self.kdf_iterations(iterations)
+            keys = (fresh_keys(password, iterations) if salt is None
+                    else derive_keys(password, salt, iterations))
+        self.request(Op.REGISTER, username=username, **keys.verifier())
         return keys
 
     def login_start(self, username, client_nonce=None):
@@ -973,7 +1007,7 @@ class Client:
         """
         client_nonce = secrets.token_bytes(24)
         challenge = self.login_start(username, client_nonce)
-        salt, iterations, nonce = challenge["salt"], challenge["iterations"], challenge["nonce"]
+        salt, iterations = challenge["salt"], challenge["iterations"]
         if keys is not None and not keys.matches(salt, iterations):
             keys = None
         if keys is None and salted_password is not None:
@@ -985,11 +1019,15 @@ class Client:
         if keys is None:
             self.close()
             raise KeysMismatch()
-        if not nonce.startswith(client_nonce) or len(nonce) <= len(client_nonce):
-            raise AuthenticationError("the server's nonce does not extend ours")
-        message = auth_message(username, client_nonce, salt, iterations, nonce)
+        return self.finish_login(username, client_nonce, challenge, keys, device)
+
+    def finish_login(self, username, client_nonce, challenge, keys, device):
+        """The second half of `login`, for a caller that sent LOGIN_START itself: answers
+        `challenge` with `keys` (derived for its salt and iterations), checks the server's
+        signature and returns the LOGIN_OK frame."""
+        proof, message = answer_challenge(username, client_nonce, challenge, keys)
         self.sync_gap = None
-        ok = self.login_finish(client_proof(keys, message), device)
+        ok = self.login_finish(proof, device)
         if not hmac.compare_digest(ok["server_signature"], server_signature(keys, message)):
             self.close()
             raise AuthenticationError("the server could not prove it holds your account: "
@@ -1011,20 +1049,15 @@ class Client:
         and ACCOUNT_DELETE ask for (PROTOCOL.md section 5, "Your account")."""
         client_nonce = secrets.token_bytes(24)
         challenge = self.request(Op.REAUTH_START, client_nonce=client_nonce)
-        salt, iterations, nonce = challenge["salt"], challenge["iterations"], challenge["nonce"]
-        if not nonce.startswith(client_nonce) or len(nonce) <= len(client_nonce):
-            raise AuthenticationError("the server's nonce does not extend ours")
-        keys = derive_keys(password, salt, iterations)
-        return client_proof(keys, auth_message(self.username, client_nonce, salt, iterations, nonce))
+        keys = derive_keys(password, challenge["salt"], challenge["iterations"])
+        return answer_challenge(self.username, client_nonce, challenge, keys)[0]
 
     def change_password(self, old_password, new_password, iterations=None):
         """PASSWORD_CHANGE with a fresh proof of `old_password`; returns the new DerivedKeys.
         The account's other connections are closed by the server (CREDENTIALS_CHANGED)."""
         proof = self.fresh_proof(old_password)
-        keys = derive_keys(new_password, secrets.token_bytes(16), self.kdf_iterations(iterations))
-        self.request(Op.PASSWORD_CHANGE, client_proof=proof, salt=keys.salt,
-                     iterations=keys.iterations, stored_key=keys.stored_key,
-                     server_key=keys.server_key)
+        keys = fresh_keys(new_password, self.kdf_iterations(iterations))
+        self.request(Op.PASSWORD_CHANGE, client_proof=proof, **keys.verifier())
         self.keys = keys
         return keys
 
@@ -1297,6 +1330,21 @@ def self_test():
           keys.server_key)
     check("AuthMessage layout", auth_message("bob", b"\x01", b"\x02\x03", 7, b"\x01\x04"),
           _hex("00 03 62 6F 62 00 01 01 00 02 02 03 00 00 00 07 00 02 01 04"))
+    challenge = {"salt": salt, "iterations": 4096, "nonce": b"\x01\x04"}
+    check("answer_challenge", answer_challenge("bob", b"\x01", challenge, keys),
+          (client_proof(keys, auth_message("bob", b"\x01", salt, 4096, b"\x01\x04")),
+           auth_message("bob", b"\x01", salt, 4096, b"\x01\x04")))
+    for label, nonce in (("not ours", b"\x02\x04"), ("only ours", b"\x01")):
+        try:
+            answer_challenge("bob", b"\x01", dict(challenge, nonce=nonce), keys)
+        except AuthenticationError:
+            checks += 1
+        else:
+            raise AssertionError("a server nonce %s was answered" % label)
+    check("verifier", keys.verifier(), {"salt": salt, "iterations": 4096,
+                                        "stored_key": keys.stored_key,
+                                        "server_key": keys.server_key})
+    check("fresh salts", fresh_keys("pencil", 1).salt != fresh_keys("pencil", 1).salt, True)
 
     failures, tried = doctest.testmod(sys.modules[__name__])
     if failures:

@@ -10,5 +10,7 @@
 * `login`: the login and registration prompts, the key cache, the device file;
 * `cli`: the command line and `main`.
 
-The SCRAM steps are imclient's (`Client.login`, `Client.register`); nothing here repeats them.
+The SCRAM steps are imclient's (`Client.login`, `Client.register`, and for the
+non-blocking re-authentication of /password and /delete-account, `answer_challenge`,
+`fresh_keys` and `DerivedKeys.verifier`); nothing here repeats them.
 """

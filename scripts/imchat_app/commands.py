@@ -4,7 +4,7 @@ import os
 import secrets
 
 from imclient import (
-    DEFAULT_ITERATIONS, auth_message, client_proof, derive_keys,
+    DEFAULT_ITERATIONS, AuthenticationError, answer_challenge, derive_keys, fresh_keys,
     KIND_DIRECT, KIND_GROUP, LOBBY_GROUP_ID, OLDER, Op)
 from .settings import DEFAULT_HISTORY, HISTORY_PAGE_LIMIT, USERNAME_RE
 from .login import ask_password
@@ -492,16 +492,21 @@ class Commands:
             self.update_prompt()
 
     def fresh_proof_then(self, password, then):
-        """REAUTH_START, then `then(proof)` with the proof of `password` for its challenge."""
+        """REAUTH_START, then `then(proof)` with the proof of `password` for its challenge.
+
+        imclient's `Client.fresh_proof` does the same but waits for the answer; the chat's
+        select loop must not block, so it takes the same SCRAM step in a callback.
+        """
         nonce = secrets.token_bytes(24)
 
-        def challenged(frame):
-            salt, iterations, full = frame["salt"], frame["iterations"], frame["nonce"]
-            if not full.startswith(nonce):
+        def challenged(challenge):
+            keys = derive_keys(password, challenge["salt"], challenge["iterations"])
+            try:
+                proof, _ = answer_challenge(self.username, nonce, challenge, keys)
+            except AuthenticationError:
                 self.error("The server's challenge does not match ours; nothing was changed.")
                 return
-            keys = derive_keys(password, salt, iterations)
-            then(client_proof(keys, auth_message(self.username, nonce, salt, iterations, full)))
+            then(proof)
         self.request(Op.REAUTH_START, challenged, client_nonce=nonce)
 
     def command_password(self, _):
@@ -513,18 +518,16 @@ class Commands:
             return
         # IMCHAT_KDF_ITERATIONS: fewer rounds for tests, as at registration (cli.py).
         wanted = int(os.environ.get("IMCHAT_KDF_ITERATIONS", DEFAULT_ITERATIONS))
-        iterations = max(wanted, self.client.hello_info["min_kdf_iterations"])
+        iterations = self.client.kdf_iterations(wanted)
 
         def prove(proof):
-            keys = derive_keys(new, secrets.token_bytes(16), iterations)
+            keys = fresh_keys(new, iterations)
 
             def changed(_):
                 self.keys = keys
                 self.note("Password changed. Your other devices were logged out; log them in "
                           "with the new password.")
-            self.request(Op.PASSWORD_CHANGE, changed, client_proof=proof, salt=keys.salt,
-                         iterations=iterations, stored_key=keys.stored_key,
-                         server_key=keys.server_key)
+            self.request(Op.PASSWORD_CHANGE, changed, client_proof=proof, **keys.verifier())
         self.note("Deriving keys…")
         self.fresh_proof_then(old, prove)
 

@@ -3,14 +3,13 @@
 
 import json
 import os
-import secrets
 import socket
 import sys
 from getpass import getpass
 
 from imclient import (
-    MAX_DEVICE_NAME, AuthenticationError, Client, DerivedKeys, Device, KeysMismatch, Op,
-    ProtocolError, ServerError, TlsError, derive_keys, new_device_id)
+    MAX_DEVICE_NAME, AuthenticationError, Client, DerivedKeys, Device, KeysMismatch,
+    ProtocolError, ServerError, TlsError, fresh_keys, new_device_id)
 from .settings import CONNECT_TIMEOUT, USERNAME_RE
 from .text import SENTENCES, describe_os_error, explain
 
@@ -302,16 +301,13 @@ def register_interactively(connector, options):
         print("The two passwords differ; let us start again.")
         return None
     print_deriving()
-    keys = derive_keys(password, secrets.token_bytes(16),
-                       connector.kdf_iterations(options.kdf_iterations))
+    keys = fresh_keys(password, connector.kdf_iterations(options.kdf_iterations))
     print("done.")
     while True:
         client = None
         try:
             client = connector.open()
-            client.request(Op.REGISTER, username=username, salt=keys.salt,
-                           iterations=keys.iterations, stored_key=keys.stored_key,
-                           server_key=keys.server_key)
+            client.register(username, keys=keys)
             break
         except ServerError as error:
             if client is not None:

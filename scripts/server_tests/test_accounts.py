@@ -161,11 +161,8 @@ class AccountsTests(ServerCase):
         expect_error("INVALID_STATE", client.register, env.new_name(), "pw",
                      iterations=TEST_ITERATIONS)
         expect_error("INVALID_STATE", client.login_start, name)
-        keys = env.keys[name]
-        message = auth_message(name, nonce, challenge["salt"], challenge["iterations"],
-                               challenge["nonce"])
-        ok = client.login_finish(client_proof(keys, message), env.device(name))
-        eq(ok["server_signature"], server_signature(keys, message), "server signature")
+        # finish_login checks the server's signature.
+        client.finish_login(name, nonce, challenge, env.keys[name], env.device(name))
         client.friend_list()
 
     def test_a_failed_login_finish_returns_to_unauthenticated(self):
@@ -205,10 +202,7 @@ class AccountsTests(ServerCase):
         challenge = client.login_start(name, nonce)
         expect_error("NOT_AUTHENTICATED", client.friend_list)
         keys = derive_keys(env.passwords[name], challenge["salt"], challenge["iterations"])
-        message = auth_message(name, nonce, challenge["salt"], challenge["iterations"],
-                               challenge["nonce"])
-        ok = client.login_finish(client_proof(keys, message), env.device(name))
-        eq(ok["server_signature"], server_signature(keys, message), "server signature")
+        client.finish_login(name, nonce, challenge, keys, env.device(name))
         backlog, count = client.wait_sync(PUSH_TIMEOUT)
         eq((backlog, count), ([], 0), "nothing was stored by the refused requests")
         eq([d["name"] for d in client.device_list()["devices"]], ["main"], "one device, this one")
