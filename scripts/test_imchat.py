@@ -169,9 +169,14 @@ class Screen:
 
     def clear(self):
         self.type("printf '\\033[H\\033[2J'")
-        self.wait_for(lambda: self.input_line() == "$", "a cleared screen")
-        self.tmux.run("clear-history", "-t", self.target)
-        self.wait_for(lambda: self.text().strip() == "$", "a cleared screen")
+
+        # tmux moves a cleared screen into the history, and the shell may not have run the
+        # printf yet (the prompt already showing "$" may be the one before it, when the host
+        # is busy): so clear the history on every look until only the new prompt is left.
+        def cleared():
+            self.tmux.run("clear-history", "-t", self.target)
+            return self.text().strip() == "$"
+        self.wait_for(cleared, "a cleared screen")
 
     def wait_for(self, predicate, what, timeout=WAIT_TIMEOUT):
         deadline = time.monotonic() + timeout
