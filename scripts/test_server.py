@@ -45,8 +45,8 @@ from server_tests.support import (  # noqa: E402
     stop_server)
 
 # The areas, in the order they run.
-AREAS = ["handshake", "accounts", "friends", "messages", "offline", "devices", "history", "groups",
-         "limits"]
+AREAS = ["handshake", "framing", "accounts", "friends", "messages", "offline", "devices", "history",
+         "groups", "limits", "restarts"]
 
 
 def cases(selected):
