@@ -22,7 +22,10 @@ Every login names a device: `Env.device(name, label)` keeps one stable id per us
 
 The cases are `unittest` methods, one module per area under `scripts/server_tests/` (named
 after what they check; `support.py` holds the shared helpers). This script is their runner:
-it prints one line per case and `N passed, N failed` last, and exits 1 if any case failed.
+it runs the areas in the order of AREAS and each area's cases in the order written, prints
+one line per case and `N passed, N failed` last, and exits 1 if any case failed. Another
+unittest runner works too (`cd scripts && python3 -m unittest server_tests.test_friends`):
+the cases then start a server of their own (see `support.ServerCase`).
 Nothing here sleeps for an event: every wait blocks on a socket with a timeout. The only
 sleeps are the waits a `RETRY_LATER` asks for (a send rate, a login throttle).
 """
@@ -71,7 +74,7 @@ def describe(case):
 
 
 class Lines(unittest.TestResult):
-    """Prints `ok` or `FAIL` and the description of each case as it ends."""
+    """Prints `ok`, `skip` or `FAIL` and the description of each case as it ends."""
 
     def startTest(self, test):
         super().startTest(test)
@@ -80,6 +83,11 @@ class Lines(unittest.TestResult):
     def addSuccess(self, test):
         super().addSuccess(test)
         print("ok    %s (%.2fs)" % (describe(test), time.monotonic() - self.started), flush=True)
+
+    def addSkip(self, test, reason):
+        # With --addr the cases that need a server of their own are skipped: say which.
+        super().addSkip(test, reason)
+        print("skip  %s -- %s" % (describe(test), reason), flush=True)
 
     def addFailure(self, test, err):
         super().addFailure(test, err)

@@ -6,8 +6,9 @@ Cases are `unittest` methods of `ServerCase` subclasses, one module per area (`t
 `scripts/test_server.py` runs them against one server and prints `N passed, N failed`.
 """
 
-import functools
+import atexit
 import contextlib
+import functools
 import os
 import secrets
 import select
@@ -412,6 +413,23 @@ def preflight(host, port):
 
 
 
+def start_env_of_own():
+    """An Env on a server started here, stopped (and its directory removed) at exit."""
+    workdir = tempfile.TemporaryDirectory(prefix="im-server-test-")
+    process, host, port = start_server(workdir.name)
+    env = Env(host, port, own_server=True)
+    env.server = process
+    env.workdir = workdir.name
+
+    def stop():
+        # env.server, not process: the restart case replaces the server.
+        stop_server(env.server)
+        env.server.stdout.close()
+        workdir.cleanup()
+    atexit.register(stop)
+    return env
+
+
 def own_server_only(method):
     """Marks a case that needs a server of its own (limits, restarts): skipped with `--addr`."""
     @functools.wraps(method)
@@ -423,9 +441,21 @@ def own_server_only(method):
 
 
 class ServerCase(unittest.TestCase):
-    """A case against the run's server: `self.env` (set by the runner) is shared by all."""
+    """A case against the run's server: `self.env` (set by the runner) is shared by all.
+
+    Under another unittest runner, say `cd scripts && python3 -m unittest
+    server_tests.test_friends`, no one has set it: the first case then starts a server of
+    its own (see `start_server`, built beforehand), stopped when the run ends. Such a runner
+    orders cases by name: the shutdown case (test_restarts) ends that server, so run it
+    alone or last, as test_server.py does.
+    """
 
     env = None
+
+    @classmethod
+    def setUpClass(cls):
+        if ServerCase.env is None:
+            ServerCase.env = start_env_of_own()
 
     def tearDown(self):
         self.env.close_all()
