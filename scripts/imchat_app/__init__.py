@@ -7,7 +7,10 @@
 * `session`: one logged-in session: the select loop, requests, the outbox, reconnection;
 * `rendering`: how each item the server pushes is shown (a mixin of `session.Chat`);
 * `commands`: the slash commands and Tab completion (a mixin of `session.Chat`);
-* `login`: the login and registration prompts, the key cache, the device file;
+* `prompts`: a line or a password asked of the person;
+* `device_file`: this installation's device id and name, kept between runs;
+* `key_file`: the derived keys, when `--cache-keys` asks to keep them;
+* `login`: opening connections, and the login and registration questions;
 * `cli`: the command line and `main`.
 
 The SCRAM steps are imclient's (`Client.login`, `Client.register`, and for the

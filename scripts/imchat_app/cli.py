@@ -9,7 +9,8 @@ from imclient import (
     DEFAULT_ITERATIONS, MAX_DEVICE_NAME, tls_context)
 from .settings import DEFAULT_ADDR
 from .line_editor import LineEditor
-from .login import Connector, default_device_file, load_device, login_prompt, valid_device_name
+from .device_file import default_device_file, load_device, valid_device_name
+from .login import Connector, login_prompt
 from .session import Chat
 from .text import Style
 

@@ -7,7 +7,7 @@ from imclient import (
     DEFAULT_ITERATIONS, AuthenticationError, answer_challenge, derive_keys, fresh_keys,
     KIND_DIRECT, KIND_GROUP, LOBBY_GROUP_ID, OLDER, Op)
 from .settings import DEFAULT_HISTORY, HISTORY_PAGE_LIMIT, USERNAME_RE
-from .login import ask_password
+from .prompts import ask_password
 from .model import Conversation, NotConnected
 from .text import SENTENCES, clean, clock, explain, plural
 

@@ -1,15 +1,11 @@
-"""Logging in and registering: the prompts, the key cache (`--cache-keys`), the device file
-(`--device-file`) and the `Connector` that opens connections and explains failures."""
-
-import json
-import os
-import socket
-import sys
-from getpass import getpass
+"""Logging in and registering: the `Connector` that opens connections and explains
+failures, and the questions asked until a login works (the key file and the prompts are
+modules of their own)."""
 
 from imclient import (
-    MAX_DEVICE_NAME, AuthenticationError, Client, DerivedKeys, Device, KeysMismatch,
-    ProtocolError, ServerError, TlsError, fresh_keys, new_device_id)
+    AuthenticationError, Client, KeysMismatch, ProtocolError, ServerError, TlsError, fresh_keys)
+from .key_file import load_cached_keys, save_cached_keys
+from .prompts import ask, ask_password
 from .settings import CONNECT_TIMEOUT, USERNAME_RE
 from .text import SENTENCES, describe_os_error, explain
 
@@ -22,134 +18,6 @@ def scram_login(client, username, device, keys=None, password=None, on_derive=No
     """
     client.login(username, password, device=device, keys=keys, on_derive=on_derive)
     return client.keys
-
-
-def load_cached_keys(path):
-    """(username, DerivedKeys) from a key file, or None if there is none or it is unusable."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            data = json.load(handle)
-        keys = DerivedKeys(bytes.fromhex(data["salt"]), int(data["iterations"]),
-                           bytes.fromhex(data["salted_password"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        print("The key file %s cannot be read; ignoring it." % path)
-        return None
-    if mode & 0o077:
-        print("Warning: %s can be read by other users; run: chmod 600 %s" % (path, path))
-    return data["username"], keys
-
-
-def save_cached_keys(path, username, keys):
-    """Write the derived keys (never the password) to `path`, readable by its owner only."""
-    data = json.dumps({"username": username, "salt": keys.salt.hex(),
-                       "iterations": keys.iterations,
-                       "salted_password": keys.salted_password.hex()})
-    temporary = "%s.tmp%d" % (path, os.getpid())
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(data + "\n")
-        os.replace(temporary, path)
-    except OSError as error:
-        print("Could not save the key to %s: %s." % (path, describe_os_error(error)))
-        return
-    print("Saved your key (not your password) to %s; anyone who can read that file can log "
-          "in as you." % path)
-
-
-def default_device_file():
-    """~/.config/imchat/device.json, or under $XDG_CONFIG_HOME when it is set."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "imchat", "device.json")
-
-
-def default_device_name():
-    return ("imchat on %s" % (socket.gethostname() or "this computer"))[:MAX_DEVICE_NAME]
-
-
-def valid_device_name(name):
-    return 1 <= len(name) <= MAX_DEVICE_NAME
-
-
-def load_device(path, name=None):
-    """This installation's Device from `path`, created there on first use.
-
-    `name` (from --device-name) renames it. When the file cannot be written the device lives
-    for this run only, and the person is told that the next run will be a new device.
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        device = Device(int(data["device_id"]), str(data["device_name"]))
-        if not 0 < device.device_id < 2 ** 64 or not valid_device_name(device.name):
-            raise ValueError("out of range")
-    except FileNotFoundError:
-        device = Device(new_device_id(), name or default_device_name())
-    except (OSError, ValueError, KeyError, TypeError):
-        # Not overwritten: it may be a file the person keeps for another reason.
-        print("The device file %s cannot be read; this run is a new device that is not "
-              "saved (use --device-file PATH for another file)." % path)
-        return Device(new_device_id(), name or default_device_name())
-    else:
-        if name is None or name == device.name:
-            return device
-        device = Device(device.device_id, name)
-    save_device(path, device)
-    return device
-
-
-def save_device(path, device):
-    data = json.dumps({"device_id": device.device_id, "device_name": device.name})
-    temporary = "%s.tmp%d" % (path, os.getpid())
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(data + "\n")
-        os.replace(temporary, path)
-    except OSError as error:
-        print("Could not save this device to %s (%s); the next run will count as a new "
-              "device." % (path, describe_os_error(error)))
-
-
-def read_line_unbuffered(prompt):
-    """A line from standard input read byte by byte, for when it is not a terminal: input()
-    would read ahead into a buffer that the chat's select loop cannot see."""
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
-    data = bytearray()
-    while True:
-        chunk = os.read(0, 1)
-        if not chunk:
-            if not data:
-                raise EOFError
-            break
-        if chunk == b"\n":
-            break
-        data += chunk
-    return data.decode("utf-8", "replace").rstrip("\r")
-
-
-def ask(prompt):
-    """A line typed by the person; None at end of input (Ctrl-D)."""
-    try:
-        return input(prompt) if os.isatty(0) else read_line_unbuffered(prompt)
-    except EOFError:
-        print()
-        return None
-
-
-def ask_password(prompt):
-    """A password, not echoed (read as a plain line when input is not a terminal)."""
-    try:
-        return getpass(prompt) if os.isatty(0) else read_line_unbuffered(prompt)
-    except EOFError:
-        print()
-        return None
 
 
 class Connector:
