@@ -6,7 +6,8 @@
 * `model`: conversations, messages on their way, requests in flight;
 * `session`: one logged-in session: the select loop, requests, the outbox, reconnection;
 * `rendering`: how each item the server pushes is shown (a mixin of `session.Chat`);
-* `commands`: the slash commands and Tab completion (a mixin of `session.Chat`);
+* `commands`: the slash commands (a mixin of `session.Chat`);
+* `completion`: Tab completion of commands and names (a mixin of `session.Chat`);
 * `prompts`: a line or a password asked of the person;
 * `device_file`: this installation's device id and name, kept between runs;
 * `key_file`: the derived keys, when `--cache-keys` asks to keep them;

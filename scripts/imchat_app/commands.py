@@ -12,6 +12,7 @@ from .model import Conversation, NotConnected
 from .text import SENTENCES, clean, clock, explain, plural
 
 
+# What Tab completes (completion.py); handle_line below maps each command to its method.
 COMMANDS = ["/add", "/accept", "/decline", "/remove", "/friends", "/msg", "/open", "/close",
             "/history", "/read", "/group", "/g", "/devices", "/password", "/delete-account",
             "/help", "/logout", "/quit"]
@@ -42,13 +43,9 @@ Commands (Tab completes commands and names):
 Keys: arrows and Ctrl-A/E move, Up/Down recall lines, Ctrl-U/K/W delete, Ctrl-L clears."""
 
 
-# ---------------------------------------------------------------------------------------------
-# A logged-in session
-# ---------------------------------------------------------------------------------------------
-
-
 class Commands:
-    """The slash commands of a `Chat` and their Tab completion (a mixin of `Chat`)."""
+    """The slash commands of a `Chat` (a mixin of `Chat`; their Tab completion is in
+    `completion`)."""
 
     def handle_line(self, line):
         self.quit_warned = self.quit_warned and line.strip() in ("/quit", "/exit", "/logout")
@@ -556,58 +553,3 @@ class Commands:
                                                                         "messages are"))
             return
         self.outcome = "quit"
-
-    # -- completion -------------------------------------------------------------------------
-
-    def complete(self, before, word):
-        """Choices for `word`, the word being typed after the text `before` (see LineEditor)."""
-        words = before.split()
-        if not words:
-            return [c for c in COMMANDS if c.startswith(word.lower())] if word.startswith(
-                "/") else self.match(self.conversation_names(), word)
-        command = words[0].lower()
-        position = len(words)
-        friends = [entry[0] for entry in self.friends.values()]
-        groups = list(self.groups.values())
-        if command in ("/accept", "/decline") and position == 1:
-            names = list(self.incoming.values()) or list(self.known_names.values())
-        elif command == "/add" and position == 1:
-            names = [n for key, n in self.known_names.items()
-                     if key not in self.friends and key != self.username.lower()]
-        elif command in ("/msg", "/remove", "/read") and position == 1:
-            names = friends
-        elif command == "/open" and position == 1:
-            names = self.conversation_names()
-        elif command == "/g" and position == 1:
-            names = groups
-        elif command == "/group" and position == 1:
-            names = GROUP_SUBCOMMANDS
-        elif command == "/group" and position == 2 and words[1].lower() != "create":
-            names = groups
-        elif command == "/group" and position == 3 and words[1].lower() == "invite":
-            names = friends + list(self.known_names.values())
-        elif command == "/devices" and position == 1:
-            names = DEVICE_SUBCOMMANDS
-        elif command == "/devices" and position == 2 and words[1].lower() == "remove":
-            names = [str(device_id) for device_id in self.device_names]
-        else:
-            names = []
-        return self.match(names, word)
-
-    def conversation_names(self):
-        return [entry[0] for entry in self.friends.values()] + [
-            "#" + name for name in self.groups.values()]
-
-    @staticmethod
-    def match(names, word):
-        lowered = word.lower()
-        prefix = "#" if lowered.startswith("#") else ""
-        found = [name for name in names if name.lower().startswith(lowered)]
-        if prefix == "" or found:
-            return found
-        return ["#" + name for name in names if ("#" + name).lower().startswith(lowered)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging in
-# ---------------------------------------------------------------------------------------------

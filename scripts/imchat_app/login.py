@@ -204,8 +204,3 @@ def register_interactively(connector, options):
     if options.cache_keys:
         save_cached_keys(options.cache_keys, client.username, keys)
     return client, keys
-
-
-# ---------------------------------------------------------------------------------------------
-# Main
-# ---------------------------------------------------------------------------------------------

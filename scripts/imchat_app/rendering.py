@@ -279,5 +279,3 @@ class Rendering:
             return
         entry[1] = online
         self.note("%s is %s." % (name, "online" if online else "offline"))
-
-    # -- sending ----------------------------------------------------------------------------

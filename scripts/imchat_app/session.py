@@ -12,6 +12,7 @@ from imclient import (
     KIND_DIRECT, AuthenticationError, Client, ConnectionClosed, KeysMismatch, Op,
     ProtocolError, ServerError, is_item)
 from .commands import Commands
+from .completion import Completion
 from .model import Conversation, NotConnected, Outgoing, Pending
 from .login import scram_login
 from .rendering import Rendering
@@ -19,7 +20,7 @@ from .text import DEVICE_REMOVED, LOGIN_REFUSED, SENTENCES, clean, describe_os_e
 from .settings import ANSWER_TIMEOUT, BACKOFF_FIRST, BACKOFF_LAST, CONNECT_TIMEOUT, SHOWN_IDS_KEPT
 
 
-class Chat(Rendering, Commands):
+class Chat(Rendering, Commands, Completion):
     """One logged-in session in the terminal, across reconnections, until /logout or /quit."""
 
     def __init__(self, editor, style, address, client, keys, device, tls=None):
@@ -412,5 +413,3 @@ class Chat(Rendering, Commands):
                    "group": self.plain_label(entry.conversation)}
         self.error("Not sent to %s (\u201c%s\u201d): %s" % (
             self.plain_label(entry.conversation), clean(preview), explain(error, **context)))
-
-    # -- commands ---------------------------------------------------------------------------
