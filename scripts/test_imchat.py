@@ -253,11 +253,14 @@ class Scenario:
         self.answer_login(screen)
 
     def answer_login(self, screen):
-        """At "Log in or register?": log in with the name and password."""
+        """At "Log in or register?": log in with the name and password. Each answer waits for
+        a prompt that is new on the screen: an earlier login's "Name:" is still in the
+        scrollback, and typing ahead of the prompt would echo the password."""
+        names, passwords = screen.text().count("Name:"), screen.text().count("Password:")
         screen.type("l")
-        screen.wait_text("Name:")
+        self.wait_count(screen, "Name:", names + 1)
         screen.type(screen.name)
-        screen.wait_text("Password:")
+        self.wait_count(screen, "Password:", passwords + 1)
         screen.type(PASSWORDS[screen.name])
         text = screen.wait_text("deriving key\u2026", "Hello %s!" % screen.name)
         check(PASSWORDS[screen.name] not in text, "the password was echoed")
