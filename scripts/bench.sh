@@ -355,7 +355,7 @@ def draw_timeline(path, series):
     series = [(n, t, c) for n, t, c in series if t]
     if not series:
         return
-    width, height, left, top, gap, panel = 760, 420, 70, 30, 40, 160
+    width, height, left, top, gap, panel = 760, 440, 70, 30, 40, 160
     seconds = max(len(t) for _, t, _ in series)
     top_max = max(v[0] for _, t, _ in series for v in t) * 1.1 or 1
     low_max = max(v[1] / 1000 for _, t, _ in series for v in t) * 1.1 or 1
