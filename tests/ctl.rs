@@ -120,3 +120,19 @@ fn a_silent_operator_connection_does_not_stop_the_server() {
     assert_eq!(client.call(req::ping()), Message::Pong);
     assert_eq!(ctl(&server, &["help"]).0, 0);
 }
+
+#[test]
+fn ctl_refuses_a_socket_others_may_use() {
+    let server = TestServer::start();
+    let socket = format!("{}.ctl", server.db_path().display());
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, text) = ctl(&server, &["stats"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("refusing") && text.contains("mode 666"), "{text}");
+    // Not a socket at all: a plain file in its place.
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::write(&socket, "").unwrap();
+    let (code, text) = ctl(&server, &["stats"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("not a socket"), "{text}");
+}

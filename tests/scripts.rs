@@ -80,3 +80,35 @@ fn python_client_self_test() {
         .expect("python3 runs");
     assert!(status.success(), "imclient.py --self-test failed");
 }
+
+/// The newcomer's sequence (issue 14): the server on its defaults (README command 1, here on
+/// an ephemeral port and a temporary database, every other flag left alone), then the bundled
+/// test script against it with `--addr`.
+#[test]
+fn the_test_script_passes_against_a_server_on_its_defaults() {
+    use std::io::BufRead;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_im-server"))
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("im-server.db"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start im-server");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).expect("its first line");
+    let address = line.trim().strip_prefix("listening on ").expect("listening on ADDR").to_string();
+    let output = Command::new("python3")
+        .arg(repo.join("scripts/test_server.py"))
+        .args(["--addr", &address])
+        .current_dir(repo)
+        .output()
+        .expect("python3 runs");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "test_server.py --addr failed:\n{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.ends_with(" 0 failed") && !last.starts_with("0 passed"), "{last}");
+}

@@ -202,11 +202,37 @@ impl Ctl {
     }
 }
 
+/// Whether `path` is a socket only its owner can use, owned by this user: anything else may
+/// have been put there by someone else, to read the commands or answer them falsely.
+fn check_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        // Not there: the connect below says so.
+        Err(_) => return Ok(()),
+    };
+    if !meta.file_type().is_socket() {
+        return Err("it is not a socket".into());
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!("others may use it (mode {:o}); the server makes it 0600", meta.mode() & 0o777));
+    }
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    if meta.uid() != me {
+        return Err(format!("it belongs to user {}, not to this one ({me})", meta.uid()));
+    }
+    Ok(())
+}
+
 /// The `ctl` verb: sends `args` as one line to the server of the database `db` and prints the
 /// answer. Fails (1) when the server answers an error, (2) when it cannot be reached.
 pub fn run_client(db: &Path, args: &[String]) -> std::process::ExitCode {
     use std::process::ExitCode;
     let path = socket_path(db);
+    if let Err(why) = check_socket(&path) {
+        eprintln!("im-server ctl: refusing {}: {why}", path.display());
+        return ExitCode::from(2);
+    }
     let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
         Ok(stream) => stream,
         Err(e) => {
