@@ -138,6 +138,9 @@ impl Store {
         })?;
         self.tail.push(m.channel, id);
         self.next_message_id += 1;
+        if m.kind == MessageKind::Text {
+            self.uncommitted_messages += 1;
+        }
         if self.crash_markers {
             self.note_crash_marker(m.body);
         }

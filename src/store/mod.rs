@@ -120,6 +120,8 @@ pub struct Store {
     writes_at_begin: u64,
     next_message_id: MessageId,
     first_uncommitted_id: MessageId,
+    /// Messages (kind text) stored in the open transaction, counted at its commit.
+    uncommitted_messages: u64,
     /// COMMIT times and the storing rate, for `im-server ctl stats`.
     pub stats: StoreStats,
     tail: posting::Tail,
@@ -163,6 +165,7 @@ impl Store {
             writes_at_begin: 0,
             next_message_id,
             first_uncommitted_id: next_message_id,
+            uncommitted_messages: 0,
             stats: StoreStats::default(),
             tail,
             crash_markers: std::env::var(CRASH_MARKERS_ENV).is_ok_and(|v| v == "1"),
@@ -233,6 +236,7 @@ impl Store {
         }
         self.in_transaction = false;
         let crash_at = self.crash_at.take();
+        let messages = std::mem::take(&mut self.uncommitted_messages);
         if !self.failed {
             if crash_at == Some(CrashPoint::BeforeCommit) {
                 log::warn!("test crash point: aborting before COMMIT");
@@ -246,14 +250,17 @@ impl Store {
             match written.and_then(|()| self.db.execute_batch("COMMIT")) {
                 Ok(()) => {
                     let now = std::time::Instant::now();
-                    let items = (up_to + 1 - self.first_uncommitted_id).max(0) as u64;
-                    self.stats.commit(now.duration_since(started), items, now);
                     if flush {
                         self.tail.clear(up_to);
                     }
                     // Only a commit that wrote grows the WAL: a read-only batch needs neither
-                    // the checkpointer nor a look at the WAL's size.
+                    // the checkpointer nor a look at the WAL's size. Nor is it measured: its
+                    // COMMIT only releases a lock, and counting it would hide what the
+                    // commits that reach the disk take.
                     if self.writes != self.writes_at_begin {
+                        let items = (up_to + 1 - self.first_uncommitted_id).max(0) as u64;
+                        self.stats.commit(now.duration_since(started), items, now);
+                        self.stats.messages_committed(messages, now);
                         self.nudge_checkpointer();
                         self.restart_wal_if_long();
                     }

@@ -1,6 +1,6 @@
 //! What the store measures about itself for `im-server ctl stats`: how long COMMITs take and
-//! how many items (messages and events) were stored lately. Fixed memory, a few nanoseconds
-//! per commit.
+//! how many items were stored lately, all of them (messages and events) and the messages
+//! alone. Fixed memory, a few nanoseconds per commit.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -16,11 +16,19 @@ pub struct StoreStats {
     commits: VecDeque<u32>,
     /// Items stored since the start.
     pub items_stored: u64,
-    /// (when, items_stored) at most once a second over the last RATE_SPAN.
-    samples: VecDeque<(Instant, u64)>,
+    /// Messages (what users sent, not events nor receipts) stored since the start.
+    pub messages_stored: u64,
+    /// (when, items_stored, messages_stored) at most once a second over the last RATE_SPAN.
+    samples: VecDeque<(Instant, u64, u64)>,
 }
 
 impl StoreStats {
+    /// Records that a commit at `now` stored `messages` messages (among its items).
+    pub fn messages_committed(&mut self, messages: u64, now: Instant) {
+        self.messages_stored += messages;
+        self.sample(now);
+    }
+
     /// Records a COMMIT that took `took` and stored `items`.
     pub fn commit(&mut self, took: Duration, items: u64, now: Instant) {
         if self.commits.len() == COMMITS_KEPT {
@@ -32,12 +40,13 @@ impl StoreStats {
     }
 
     fn sample(&mut self, now: Instant) {
-        if self.samples.back().is_none_or(|&(at, _)| now.duration_since(at) >= Duration::from_secs(1)) {
-            self.samples.push_back((now, self.items_stored));
+        let totals = (now, self.items_stored, self.messages_stored);
+        if self.samples.back().is_none_or(|&(at, ..)| now.duration_since(at) >= Duration::from_secs(1)) {
+            self.samples.push_back(totals);
         } else if let Some(last) = self.samples.back_mut() {
-            last.1 = self.items_stored;
+            (last.1, last.2) = (totals.1, totals.2);
         }
-        while self.samples.len() > 2 && self.samples.front().is_some_and(|&(at, _)| now.duration_since(at) > RATE_SPAN)
+        while self.samples.len() > 2 && self.samples.front().is_some_and(|&(at, ..)| now.duration_since(at) > RATE_SPAN)
         {
             self.samples.pop_front();
         }
@@ -53,12 +62,23 @@ impl StoreStats {
 
     /// Items stored per second over about the last ten seconds (0 when idle that long).
     pub fn items_per_second(&self, now: Instant) -> f64 {
-        let Some(&(first_at, first)) = self.samples.front() else { return 0.0 };
+        self.per_second(now, self.items_stored, |&(_, items, _)| items)
+    }
+
+    /// Messages stored per second over about the last ten seconds (0 when idle that long).
+    pub fn messages_per_second(&self, now: Instant) -> f64 {
+        self.per_second(now, self.messages_stored, |&(_, _, messages)| messages)
+    }
+
+    /// How fast `total` grew since the window's first sample, whose value `at_sample` reads.
+    fn per_second(&self, now: Instant, total: u64, at_sample: fn(&(Instant, u64, u64)) -> u64) -> f64 {
+        let Some(first) = self.samples.front() else { return 0.0 };
+        let first_at = first.0;
         if now.duration_since(first_at) > RATE_SPAN + Duration::from_secs(1) && self.samples.len() <= 1 {
             return 0.0;
         }
         let span = now.duration_since(first_at).as_secs_f64().max(1.0);
-        (self.items_stored - first) as f64 / span
+        (total - at_sample(first)) as f64 / span
     }
 }
 
@@ -80,5 +100,26 @@ mod tests {
         // 1000 items over 5 s.
         let rate = stats.items_per_second(start + Duration::from_secs(5));
         assert!((150.0..=250.0).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn messages_are_counted_apart_from_the_other_items() {
+        let mut stats = StoreStats::default();
+        let start = Instant::now();
+        for second in 0..=5 {
+            let now = start + Duration::from_secs(second);
+            // Either order within one commit counts the same.
+            if second % 2 == 0 {
+                stats.messages_committed(4, now);
+                stats.commit(Duration::from_micros(1), 10, now);
+            } else {
+                stats.commit(Duration::from_micros(1), 10, now);
+                stats.messages_committed(4, now);
+            }
+        }
+        assert_eq!((stats.items_stored, stats.messages_stored), (60, 24));
+        // The first second's commit is the window's start: 20 messages and 50 items in 5 s.
+        let now = start + Duration::from_secs(5);
+        assert_eq!((stats.messages_per_second(now), stats.items_per_second(now)), (4.0, 10.0));
     }
 }

@@ -159,6 +159,51 @@ fn a_rolled_back_batch_leaves_no_ids_in_the_tail_or_blocks() {
     assert_eq!(store.ids_after(channel, 0, MessageId::MAX, 10_000).unwrap(), before);
 }
 
+/// `ctl stats` counts what commits stored, messages apart, and measures only the commits that
+/// wrote: neither a read-only batch nor a rolled-back one.
+#[test]
+fn stats_count_the_committed_writes_only() {
+    let (_dir, store, model) = filled(50, 120, 5);
+    let texts = model.values().flatten().filter(|(_, text)| *text).count() as u64;
+    assert_eq!((store.stats.items_stored, store.stats.messages_stored), (120, texts));
+    assert!(texts < 120, "the model holds events too");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.begin_batch();
+    assert_eq!(store.find_user_id("nobody").unwrap(), None);
+    assert!(store.finish_iteration());
+    assert_eq!(store.stats.commit_quantile(0.5), None, "a read-only batch is not measured");
+    let user = NewUser {
+        name: "a",
+        name_key: "a",
+        salt: &[0; 16],
+        iterations: 1,
+        stored_key: &[0; 32],
+        server_key: &[0; 32],
+        now_ms: 0,
+    };
+    store.create_user(&user).unwrap().unwrap();
+    assert!(store.finish_iteration());
+    assert!(store.stats.commit_quantile(0.5).is_some(), "a commit that wrote is measured");
+    let m = NewMessage {
+        channel: Channel::group(1),
+        sender: 1,
+        client_msg_id: 1,
+        kind: MessageKind::Text,
+        sent_at: 0,
+        body: b"x",
+        device: 0,
+    };
+    store.insert_message(&m).unwrap();
+    assert!(store.write(|db| db.execute_batch("INSERT INTO no_such_table VALUES (1)")).is_err());
+    assert!(!store.finish_iteration());
+    assert_eq!((store.stats.items_stored, store.stats.messages_stored), (0, 0), "rolled back");
+    store.insert_message(&m).unwrap();
+    assert!(store.finish_iteration());
+    assert_eq!((store.stats.items_stored, store.stats.messages_stored), (1, 1));
+}
+
 /// Background checkpoints keep the WAL bounded under sustained writes (80 MB written in
 /// commits of 1 MB with no pause), and the database stays intact.
 #[test]
