@@ -17,12 +17,13 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Operator connections served at once; more wait in the listen backlog.
+/// Operator connections served at once; more wait in the listen backlog until one closes.
 const MAX_CONNECTIONS: usize = 8;
 /// Longest command line.
 const MAX_LINE: usize = 4096;
-/// An operator connection that sends no whole line in this long is closed.
-const LINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An operator connection still open this long after it was accepted is closed: it sent no
+/// whole line, or does not read its answer. Either way it holds one of the few places.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The socket path for the database at `db`.
 pub fn socket_path(db: &Path) -> PathBuf {
@@ -49,6 +50,10 @@ pub struct Ctl {
     /// Tokens: `base + slab key`, above every connection's token and below the listeners'.
     base: usize,
     listener_token: Token,
+    /// The table was full when the listener last had something to accept: clients may be
+    /// waiting in the backlog, and the listener (edge-triggered) will not say so again until
+    /// yet another one connects, so a close must accept them.
+    backlog_waiting: bool,
     pub started: Instant,
 }
 
@@ -70,7 +75,15 @@ impl Ctl {
         let _ = std::fs::remove_dir_all(&dir);
         let mut listener = bound?;
         registry.register(&mut listener, listener_token, Interest::READABLE)?;
-        Ok(Ctl { listener, path, operators: Slab::new(), base, listener_token, started: Instant::now() })
+        Ok(Ctl {
+            listener,
+            path,
+            operators: Slab::new(),
+            base,
+            listener_token,
+            backlog_waiting: false,
+            started: Instant::now(),
+        })
     }
 
     pub fn owns(&self, token: Token) -> bool {
@@ -89,7 +102,11 @@ impl Ctl {
     }
 
     fn accept(&mut self, registry: &Registry) {
-        while self.operators.len() < MAX_CONNECTIONS {
+        loop {
+            if self.operators.len() == MAX_CONNECTIONS {
+                self.backlog_waiting = true;
+                return;
+            }
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     let key = self.operators.vacant_key();
@@ -107,7 +124,7 @@ impl Ctl {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+                Err(_) => return,
             }
         }
     }
@@ -118,23 +135,44 @@ impl Ctl {
             return;
         }
         let mut buf = [0u8; 1024];
+        // Whether the client has finished sending (or the socket failed): what it sent is
+        // all there will be.
+        let mut ended = false;
         loop {
             match op.stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => op.line.extend_from_slice(&buf[..n]),
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(n) => {
+                    op.line.extend_from_slice(&buf[..n]);
+                    if op.line.contains(&b'\n') || op.line.len() > MAX_LINE {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-            if op.line.contains(&b'\n') || op.line.len() > MAX_LINE {
-                break;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    ended = true;
+                    break;
+                }
             }
         }
-        let Some(end) = op.line.iter().position(|&b| b == b'\n') else {
-            if op.line.len() > MAX_LINE {
+        let end = match op.line.iter().position(|&b| b == b'\n') {
+            Some(end) if end <= MAX_LINE => end,
+            // `printf stats | nc -U`: a last line without its newline is still the line.
+            None if ended && !op.line.is_empty() && op.line.len() <= MAX_LINE => op.line.len(),
+            None if ended && op.line.is_empty() => {
+                // Gone without a word: an empty answer, so the write closes it at once.
+                op.answered = true;
+                return;
+            }
+            None if op.line.len() <= MAX_LINE => return,
+            _ => {
                 op.answer = b"error: the command line is too long\n".to_vec();
                 op.answered = true;
+                return;
             }
-            return;
         };
         let line = String::from_utf8_lossy(&op.line[..end]).into_owned();
         let (answer, wrote) = commands::execute(line.trim(), core, conns, self.started);
@@ -176,18 +214,23 @@ impl Ctl {
         self.close(key, registry);
     }
 
+    /// Closes an operator connection; its place goes to a client waiting in the backlog.
     fn close(&mut self, key: usize, registry: &Registry) {
         if let Some(mut op) = self.operators.try_remove(key) {
             let _ = registry.deregister(&mut op.stream);
         }
+        if std::mem::take(&mut self.backlog_waiting) {
+            self.accept(registry);
+        }
     }
 
-    /// Closes operator connections that sent no whole line in time.
+    /// Closes operator connections open longer than [`TIMEOUT`], except those whose answer
+    /// waits for this batch's commit (they are answered at its end).
     pub fn sweep(&mut self, now: Instant, registry: &Registry) {
         let stale: Vec<usize> = self
             .operators
             .iter()
-            .filter(|(_, op)| !op.answered && now.duration_since(op.since) >= LINE_TIMEOUT)
+            .filter(|(_, op)| !op.waits_for_commit && now.duration_since(op.since) >= TIMEOUT)
             .map(|(k, _)| k)
             .collect();
         for key in stale {
@@ -245,6 +288,7 @@ pub fn run_client(db: &Path, args: &[String]) -> std::process::ExitCode {
         }
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     let line = format!("{}\n", args.join(" "));
     let mut answer = String::new();
     if let Err(e) = stream.write_all(line.as_bytes()).and_then(|()| stream.read_to_string(&mut answer)) {
