@@ -259,8 +259,7 @@ impl Store {
                     // commits that reach the disk take.
                     if self.writes != self.writes_at_begin {
                         let items = (up_to + 1 - self.first_uncommitted_id).max(0) as u64;
-                        self.stats.commit(now.duration_since(started), items, now);
-                        self.stats.messages_committed(messages, now);
+                        self.stats.commit(now.duration_since(started), items, messages, now);
                         self.nudge_checkpointer();
                         self.restart_wal_if_long();
                     }

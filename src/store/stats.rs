@@ -23,25 +23,24 @@ pub struct StoreStats {
 }
 
 impl StoreStats {
-    /// Records that a commit at `now` stored `messages` messages (among its items).
-    pub fn messages_committed(&mut self, messages: u64, now: Instant) {
-        self.messages_stored += messages;
-        self.sample(now);
-    }
-
-    /// Records a COMMIT that took `took` and stored `items`.
-    pub fn commit(&mut self, took: Duration, items: u64, now: Instant) {
+    /// Records a COMMIT that took `took` and stored `items`, `messages` of them messages.
+    pub fn commit(&mut self, took: Duration, items: u64, messages: u64, now: Instant) {
         if self.commits.len() == COMMITS_KEPT {
             self.commits.pop_front();
         }
         self.commits.push_back(took.as_micros().min(u32::MAX as u128) as u32);
         self.items_stored += items;
+        self.messages_stored += messages;
         self.sample(now);
     }
 
     fn sample(&mut self, now: Instant) {
         let totals = (now, self.items_stored, self.messages_stored);
-        if self.samples.back().is_none_or(|&(at, ..)| now.duration_since(at) >= Duration::from_secs(1)) {
+        // The window's first sample is never overwritten: what it holds is where the rate
+        // counts from, so commits after it in its first second must count.
+        if self.samples.len() < 2
+            || self.samples.back().is_some_and(|&(at, ..)| now.duration_since(at) >= Duration::from_secs(1))
+        {
             self.samples.push_back(totals);
         } else if let Some(last) = self.samples.back_mut() {
             (last.1, last.2) = (totals.1, totals.2);
@@ -92,7 +91,7 @@ mod tests {
         let start = Instant::now();
         assert_eq!(stats.commit_quantile(0.5), None);
         for i in 1..=100u64 {
-            stats.commit(Duration::from_micros(i), 10, start + Duration::from_millis(50 * i));
+            stats.commit(Duration::from_micros(i), 10, 0, start + Duration::from_millis(50 * i));
         }
         assert_eq!(stats.commit_quantile(0.5), Some(Duration::from_micros(50)));
         assert_eq!(stats.commit_quantile(0.99), Some(Duration::from_micros(99)));
@@ -107,19 +106,22 @@ mod tests {
         let mut stats = StoreStats::default();
         let start = Instant::now();
         for second in 0..=5 {
-            let now = start + Duration::from_secs(second);
-            // Either order within one commit counts the same.
-            if second % 2 == 0 {
-                stats.messages_committed(4, now);
-                stats.commit(Duration::from_micros(1), 10, now);
-            } else {
-                stats.commit(Duration::from_micros(1), 10, now);
-                stats.messages_committed(4, now);
-            }
+            stats.commit(Duration::from_micros(1), 10, 4, start + Duration::from_secs(second));
         }
         assert_eq!((stats.items_stored, stats.messages_stored), (60, 24));
         // The first second's commit is the window's start: 20 messages and 50 items in 5 s.
         let now = start + Duration::from_secs(5);
         assert_eq!((stats.messages_per_second(now), stats.items_per_second(now)), (4.0, 10.0));
+    }
+
+    #[test]
+    fn commits_in_the_first_second_count() {
+        let mut stats = StoreStats::default();
+        let start = Instant::now();
+        for tenth in 0..5 {
+            stats.commit(Duration::from_micros(1), 1, 1, start + Duration::from_millis(100 * tenth));
+        }
+        // Four after the first, over at least a second.
+        assert_eq!(stats.messages_per_second(start + Duration::from_millis(500)), 4.0);
     }
 }
