@@ -12,7 +12,7 @@ use crate::outbox::{FrameKind, Outbox};
 use crate::protocol::{ErrorCode, response};
 use crate::session::{CloseReason, Session};
 use crate::store::{Store, UserId};
-use crate::transport::Transport;
+use crate::transport::{self, Transport};
 use foldhash::{HashSet, HashSetExt};
 use mio::{Registry, Token};
 use slab::Slab;
@@ -21,6 +21,15 @@ use std::time::{Duration, Instant};
 /// Backlog bytes queued per connection before waiting for the socket to drain; below the
 /// default write-queue soft limit, so a backlog alone never makes a reader look slow.
 pub const BACKLOG_BUDGET: usize = 128 * 1024;
+
+/// A connection as the operator sees it.
+pub struct ConnInfo {
+    pub peer: std::net::IpAddr,
+    /// One of [`transport::KINDS`].
+    pub transport: &'static str,
+    /// `None` before login.
+    pub logged_in_at_ms: Option<i64>,
+}
 
 /// One client connection: its protocol state and the transport that carries its bytes.
 pub struct Conn {
@@ -131,9 +140,25 @@ impl Conns {
         self.slab.get_mut(token)
     }
 
-    /// The peer address and transport of a connection, for the operator.
-    pub fn describe(&self, token: usize) -> Option<(String, &'static str)> {
-        self.slab.get(token).map(|c| (c.session.peer.to_string(), c.transport.kind()))
+    /// What the operator's `ctl sessions` shows of a connection.
+    pub fn describe(&self, token: usize) -> Option<ConnInfo> {
+        self.slab.get(token).map(|c| ConnInfo {
+            peer: c.session.peer,
+            transport: c.transport.kind(),
+            logged_in_at_ms: c.session.logged_in_at_ms(),
+        })
+    }
+
+    /// How many connections speak each of [`transport::KINDS`], in that order.
+    pub fn count_by_transport(&self) -> [(&'static str, usize); transport::KINDS.len()] {
+        let mut counts = transport::KINDS.map(|kind| (kind, 0));
+        for (_, conn) in &self.slab {
+            let kind = conn.transport.kind();
+            if let Some(count) = counts.iter_mut().find(|(k, _)| *k == kind) {
+                count.1 += 1;
+            }
+        }
+        counts
     }
 
     /// Bytes waiting in every write queue.

@@ -15,7 +15,13 @@ pub enum SessionState {
     AwaitHello,
     Unauthenticated,
     Authenticating(Box<PendingLogin>),
-    Authenticated { user: UserId, device: DeviceId },
+    /// `since_ms`: when the login succeeded (milliseconds since the Unix epoch), for the
+    /// operator's `ctl sessions`.
+    Authenticated {
+        user: UserId,
+        device: DeviceId,
+        since_ms: i64,
+    },
 }
 
 /// What the server remembers between `LOGIN_START` and `LOGIN_FINISH`.
@@ -131,6 +137,14 @@ impl Session {
         }
     }
 
+    /// When a logged-in connection logged in (milliseconds since the Unix epoch).
+    pub fn logged_in_at_ms(&self) -> Option<i64> {
+        match self.state {
+            SessionState::Authenticated { since_ms, .. } => Some(since_ms),
+            _ => None,
+        }
+    }
+
     /// The device a logged-in connection speaks for.
     pub fn device(&self) -> Option<DeviceId> {
         match self.state {
@@ -181,10 +195,17 @@ impl Session {
         self.failed_logins
     }
 
-    /// The login succeeded: the session speaks for `user` on `device`, whose position is
-    /// `delivered_up_to`, and pushes `backlog` first.
-    pub fn logged_in(&mut self, user: UserId, device: DeviceId, delivered_up_to: MessageId, backlog: Backlog) {
-        self.state = SessionState::Authenticated { user, device };
+    /// The login succeeded at `now_ms`: the session speaks for `user` on `device`, whose
+    /// position is `delivered_up_to`, and pushes `backlog` first.
+    pub fn logged_in(
+        &mut self,
+        user: UserId,
+        device: DeviceId,
+        delivered_up_to: MessageId,
+        backlog: Backlog,
+        now_ms: i64,
+    ) {
+        self.state = SessionState::Authenticated { user, device, since_ms: now_ms };
         self.sent_through = delivered_up_to;
         self.backlog = Some(Box::new(backlog));
     }

@@ -20,32 +20,105 @@ fn ctl(server: &TestServer, args: &[&str]) -> (i32, String) {
     (output.status.code().unwrap_or(-1), text)
 }
 
+/// The samples of a Prometheus text exposition: `(name, labels, value)` of each line that is
+/// not a comment. Panics at a line that breaks the format, or at a sample whose metric had no
+/// `# TYPE` line before it.
+fn prometheus_samples(text: &str) -> Vec<(String, String, f64)> {
+    let is_name = |s: &str| {
+        s.chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
+            && !s.is_empty()
+    };
+    let mut typed = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+            assert!(is_name(name) && ["gauge", "counter", "summary"].contains(&kind), "{line:?}");
+            typed.push(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line:?}"));
+                for pair in labels.split(',') {
+                    let (label, quoted) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                    assert!(is_name(label) && !label.contains(':'), "label {label:?} in {line:?}");
+                    assert!(quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"'), "{line:?}");
+                }
+                (name, labels)
+            }
+            None => (series, ""),
+        };
+        assert!(is_name(name), "name {name:?} in {line:?}");
+        let family = name.trim_end_matches("_sum").trim_end_matches("_count");
+        assert!(typed.iter().any(|t| t == name || t == family), "no # TYPE before {line:?}");
+        samples.push((name.to_string(), labels.to_string(), value));
+    }
+    samples
+}
+
 #[test]
 fn the_socket_is_private_and_stats_report_the_server() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(&["--http-listen", "127.0.0.1:0"]);
     let socket = format!("{}.ctl", server.db_path().display());
     let mode = std::fs::metadata(&socket).expect("the socket exists").permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
-    let (_alice, _bob) = alice_and_bob(&server);
+    let mut alice = server.user("alice");
+    let mut bob = support::websocket::connect(server.http_port.expect("an HTTP port"));
+    bob.hello();
+    assert_eq!(bob.call(register_request("bob")), Message::Ok);
+    bob.login("bob");
+    bob.sync();
+    make_friends(&mut alice, &mut bob);
+    for n in 1..=2 {
+        alice.call(req::send("bob", n, "hi")).sent();
+        bob.push();
+    }
 
     let (code, text) = ctl(&server, &["stats"]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("connections          2\n"), "{text}");
-    assert!(text.contains("online users         2\n"), "{text}");
+    for line in [
+        "connections          2 (tcp 1, tls 0, websocket 1, websocket+tls 0)\n",
+        "online users         2\n",
+        "messages stored      2 (since start)\n",
+        "bytes queued         0\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    assert!(text.contains("\ncommit p99           ") && text.contains(" µs\n"), "{text}");
 
     let (code, text) = ctl(&server, &["stats", "--prometheus"]);
     assert_eq!(code, 0, "{text}");
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
-        assert!(name.starts_with("im_server_"), "{line}");
-        value.parse::<f64>().unwrap_or_else(|_| panic!("not a number: {line:?}"));
-    }
-    assert!(text.contains("\nim_server_online_users 2\n"), "{text}");
-    assert!(text.contains("im_server_commit_seconds{quantile=\"0.99\"}"), "{text}");
+    let samples = prometheus_samples(&text);
+    let value = |name: &str, labels: &str| {
+        samples
+            .iter()
+            .find(|s| s.0 == name && s.1 == labels)
+            .unwrap_or_else(|| panic!("{name}{{{labels}}} in {text}"))
+            .2
+    };
+    assert_eq!(value("im_server_connections", "transport=\"tcp\""), 1.0);
+    assert_eq!(value("im_server_connections", "transport=\"websocket\""), 1.0);
+    assert_eq!(value("im_server_online_users", ""), 2.0);
+    assert_eq!(value("im_server_messages_stored_total", ""), 2.0);
+    assert!(value("im_server_messages_per_second", "") > 0.0);
+    assert!(value("im_server_commit_seconds", "quantile=\"0.99\"") > 0.0);
+    assert!(value("im_server_commit_seconds", "quantile=\"0.5\"") > 0.0);
+    assert_eq!(value("im_server_queued_bytes", ""), 0.0);
+    assert!(value("im_server_database_bytes", "") > 0.0);
+    assert!(value("im_server_wal_bytes", "") >= 0.0);
+    assert!(value("im_server_uptime_seconds", "") >= 0.0);
 
     let (code, text) = ctl(&server, &["frobnicate"]);
     assert_eq!(code, 1, "{text}");
-    assert!(text.starts_with("error: unknown command"), "{text}");
+    assert_eq!(text, "error: unknown command or arguments: frobnicate (try help)\n");
 }
 
 #[test]
@@ -61,8 +134,12 @@ fn users_and_sessions_are_listed() {
 
     let (code, text) = ctl(&server, &["sessions", "alice"]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.starts_with("alice: 1 session(s)"), "{text}");
-    assert!(text.contains("127.0.0.1\ttcp\tdevice 32343"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..2], ["alice: 1 session(s)", "connection\tpeer\ttransport\tdevice\tsince"], "{text}");
+    let columns: Vec<&str> = lines[2].split('\t').collect();
+    assert_eq!(columns[1..4], ["127.0.0.1", "tcp", "device 32343 (32343)"], "{text}");
+    let since = columns[4].as_bytes();
+    assert!(since.len() == 20 && since[10] == b'T' && since[19] == b'Z' && since.starts_with(b"20"), "{text}");
     let (_, text) = ctl(&server, &["sessions", "bob"]);
     assert_eq!(text, "bob: offline\n");
 }

@@ -211,7 +211,7 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64,
         position: device.delivered_up_to,
         cap: ctx.config.device_backlog_cap,
     });
-    o.session.logged_in(user, device.id, device.delivered_up_to, backlog);
+    o.session.logged_in(user, device.id, device.delivered_up_to, backlog, ctx.now_ms);
     log::debug!("user {user} logged in");
     Ok(())
 }

@@ -11,10 +11,11 @@ const USERS_LISTED: usize = 1000;
 
 const HELP: &str = "\
 commands:
-  stats [--prometheus]   connections, online users, items stored per second, commit times,
-                         bytes queued, database and WAL size (--prometheus: text exposition)
+  stats [--prometheus]   connections by transport, online users, messages stored per second,
+                         commit times, bytes queued, database and WAL size, uptime
+                         (--prometheus: the Prometheus text exposition format)
   users [PATTERN]        accounts whose name contains PATTERN (all without it)
-  sessions NAME          the connections a user is logged in on
+  sessions NAME          the connections a user is logged in on: peer, transport, device, since
   disable NAME           refuse the user's logins and close their sessions
   enable NAME            allow the user to log in again
   kick GROUP_ID NAME     remove the user from a group (the members are told)
@@ -103,14 +104,18 @@ fn sessions(core: &Core, conns: &Conns, name: &str) -> Result<(String, bool), St
         return Ok((out, false));
     };
     let _ = writeln!(out, "{} session(s)", online.sessions.len());
-    out.push_str("connection\tpeer\ttransport\tdevice\n");
+    out.push_str("connection\tpeer\ttransport\tdevice\tsince\n");
     for (&token, device) in online.sessions.iter().zip(&online.devices) {
-        let (peer, transport) = conns.describe(token).unwrap_or_else(|| ("?".into(), "?"));
         let device = devices
             .iter()
             .find(|d| d.id == *device)
             .map_or("?".to_string(), |d| format!("{} ({})", d.name, d.client_id));
-        let _ = writeln!(out, "{token}\t{peer}\t{transport}\t{device}");
+        // Every session the world lists is in the table and logged in; "?" is never expected.
+        let (peer, transport, since) = match conns.describe(token) {
+            Some(c) => (c.peer.to_string(), c.transport, c.logged_in_at_ms.map_or("?".into(), iso_time)),
+            None => ("?".into(), "?", "?".into()),
+        };
+        let _ = writeln!(out, "{token}\t{peer}\t{transport}\t{device}\t{since}");
     }
     Ok((out, false))
 }
@@ -118,7 +123,10 @@ fn sessions(core: &Core, conns: &Conns, name: &str) -> Result<(String, bool), St
 /// What `stats` reports.
 struct Stats {
     connections: usize,
+    by_transport: [(&'static str, usize); crate::transport::KINDS.len()],
     online_users: usize,
+    messages_per_second: f64,
+    messages_stored: u64,
     items_per_second: f64,
     items_stored: u64,
     commit_p50_us: Option<u128>,
@@ -135,7 +143,10 @@ fn stats(core: &Core, conns: &Conns, started: Instant, now: Instant) -> Stats {
     wal.push("-wal");
     Stats {
         connections: conns.len(),
+        by_transport: conns.count_by_transport(),
         online_users: core.world.users.len(),
+        messages_per_second: core.store.stats.messages_per_second(now),
+        messages_stored: core.store.stats.messages_stored,
         items_per_second: core.store.stats.items_per_second(now),
         items_stored: core.store.stats.items_stored,
         commit_p50_us: core.store.stats.commit_quantile(0.5).map(|d| d.as_micros()),
@@ -150,13 +161,19 @@ fn stats(core: &Core, conns: &Conns, started: Instant, now: Instant) -> Stats {
 impl Stats {
     fn human(&self) -> String {
         let us = |v: Option<u128>| v.map_or("—".to_string(), |v| format!("{v} µs"));
+        let by_transport: Vec<String> = self.by_transport.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
         format!(
-            "connections          {}\nonline users         {}\nitems stored/s       {:.1} (last 10 s)\n\
+            "connections          {} ({})\nonline users         {}\n\
+             messages stored/s    {:.1} (last 10 s)\nmessages stored      {} (since start)\n\
+             items stored/s       {:.1} (last 10 s; messages, receipts and events)\n\
              items stored         {} (since start)\ncommit p50           {}\ncommit p99           {}\n\
              bytes queued         {}\ndatabase             {} bytes\nWAL                  {} bytes\n\
              uptime               {} s\n",
             self.connections,
+            by_transport.join(", "),
             self.online_users,
+            self.messages_per_second,
+            self.messages_stored,
             self.items_per_second,
             self.items_stored,
             us(self.commit_p50_us),
@@ -178,7 +195,9 @@ impl Stats {
             }
         };
         let one = |v: String| [(String::new(), v)];
-        metric("im_server_connections", "gauge", "Connections open.", &one(self.connections.to_string()));
+        let by_transport: Vec<(String, String)> =
+            self.by_transport.iter().map(|(kind, n)| (format!("{{transport=\"{kind}\"}}"), n.to_string())).collect();
+        metric("im_server_connections", "gauge", "Connections open, by transport.", &by_transport);
         metric(
             "im_server_online_users",
             "gauge",
@@ -186,15 +205,27 @@ impl Stats {
             &one(self.online_users.to_string()),
         );
         metric(
+            "im_server_messages_per_second",
+            "gauge",
+            "Messages (direct and group) stored per second over the last 10 s.",
+            &one(format!("{:.3}", self.messages_per_second)),
+        );
+        metric(
+            "im_server_messages_stored_total",
+            "counter",
+            "Messages (direct and group) stored since the server started.",
+            &one(self.messages_stored.to_string()),
+        );
+        metric(
             "im_server_items_stored_per_second",
             "gauge",
-            "Messages and events stored per second over the last 10 s.",
+            "Items (messages, read receipts and events) stored per second over the last 10 s.",
             &one(format!("{:.3}", self.items_per_second)),
         );
         metric(
             "im_server_items_stored_total",
             "counter",
-            "Messages and events stored since the server started.",
+            "Items (messages, read receipts and events) stored since the server started.",
             &one(self.items_stored.to_string()),
         );
         let quantiles: Vec<(String, String)> = [("0.5", self.commit_p50_us), ("0.99", self.commit_p99_us)]
@@ -225,6 +256,12 @@ impl Stats {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC) of a time in milliseconds since the Unix epoch.
+pub fn iso_time(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{}T{:02}:{:02}:{:02}Z", iso_date(ms), seconds / 3600, seconds / 60 % 60, seconds % 60)
+}
+
 /// `YYYY-MM-DD` (UTC) of a time in milliseconds since the Unix epoch.
 pub fn iso_date(ms: i64) -> String {
     // Days to civil date, after Howard Hinnant's algorithm.
@@ -247,5 +284,7 @@ mod tests {
         assert_eq!(super::iso_date(0), "1970-01-01");
         assert_eq!(super::iso_date(951_782_400_000), "2000-02-29");
         assert_eq!(super::iso_date(1_795_824_000_000), "2026-11-28");
+        assert_eq!(super::iso_time(1_795_824_000_000 + 75_599_999), "2026-11-28T20:59:59Z");
+        assert_eq!(super::iso_time(-1), "1969-12-31T23:59:59Z");
     }
 }

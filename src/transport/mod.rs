@@ -99,6 +99,9 @@ pub struct Transport {
     writable_interest: bool,
 }
 
+/// Every [`Transport::kind`], in the order `ctl stats` lists them.
+pub const KINDS: [&str; 4] = ["tcp", "tls", "websocket", "websocket+tls"];
+
 impl Transport {
     pub fn new(stream: Stream, codec: Codec) -> Transport {
         Transport {
@@ -271,7 +274,7 @@ impl Transport {
         }
     }
 
-    /// How the connection speaks, for the operator: `tcp`, `tls`, `websocket`, `websocket+tls`.
+    /// How the connection speaks, for the operator: one of [`KINDS`].
     pub fn kind(&self) -> &'static str {
         match (&self.stream, &self.codec) {
             (Stream::Plain(_), Codec::WebSocket(_)) => "websocket",
