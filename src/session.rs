@@ -32,8 +32,6 @@ pub struct PendingLogin {
     pub name_key: String,
     /// `None` for an unknown name: the login will fail like a wrong password.
     pub user: Option<(UserId, String)>,
-    /// The account is disabled by an operator: even a right proof does not log in.
-    pub disabled: bool,
     pub stored_key: Key,
     pub server_key: Key,
     pub auth_message: Vec<u8>,

@@ -263,3 +263,41 @@ fn ctl_refuses_a_socket_others_may_use() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("not a socket"), "{text}");
 }
+
+/// Finishes a login whose `LOGIN_START` was answered before `between` ran, with the right
+/// password; returns the answer.
+fn login_across(server: &TestServer, name: &str, between: impl FnOnce()) -> Message {
+    let mut client = server.hello();
+    let client_nonce = [7u8; 16];
+    let Message::LoginChallenge { salt, iterations, nonce } = client.call(req::login_start(name, &client_nonce)) else {
+        panic!("no challenge");
+    };
+    between();
+    let keys = scram::Keys::derive(&password_of(name), &salt, iterations);
+    let proof = scram::client_proof(&keys, &scram::auth_message(name, &client_nonce, &salt, iterations, &nonce));
+    client.call(req::login_finish(&proof))
+}
+
+#[test]
+fn a_change_between_login_start_and_finish_is_not_missed() {
+    let server = TestServer::start();
+    server.register_all(&["alice", "bob", "carol"]);
+    let refused = login_across(&server, "alice", || assert_eq!(ctl(&server, &["disable", "alice"]).0, 0));
+    assert_eq!(refused.error_code(), Some(code::ACCOUNT_DISABLED), "{refused:?}");
+    let refused = login_across(&server, "bob", || assert_eq!(ctl(&server, &["delete", "bob"]).0, 0));
+    assert_eq!(refused.error_code(), Some(code::AUTH_FAILED), "{refused:?}");
+    // Not the operator's, but the same gap: the password changed on another connection.
+    let refused = login_across(&server, "carol", || {
+        let (mut carol, _) = server.login("carol");
+        let proof = carol.fresh_proof(&password_of("carol"));
+        let keys = scram::Keys::derive("a new password", &[9; 16], ITERATIONS);
+        let change = req::password_change(&proof, &[9; 16], ITERATIONS, &keys.stored_key, &keys.server_key);
+        assert_eq!(carol.call(change), Message::Ok);
+    });
+    assert_eq!(refused.error_code(), Some(code::AUTH_FAILED), "{refused:?}");
+    // None got a session: bob is gone, alice is listed disabled with no device.
+    let (_, users) = ctl(&server, &["users"]);
+    let lines: Vec<&str> = users.lines().collect();
+    assert_eq!(lines.len(), 3, "{users}");
+    assert!(lines[1].starts_with("alice\t") && lines[1].ends_with("\t0\tno\tyes"), "{users}");
+}

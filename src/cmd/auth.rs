@@ -132,7 +132,6 @@ pub(super) fn challenge(
         return Err(Refusal::Error(ErrorCode::InvalidArgument, "the client nonce must be 16 to 64 bytes"));
     }
     // An unknown name gets a challenge like a real one; its all-zero StoredKey matches no proof.
-    let disabled = found.as_ref().is_some_and(|u| u.disabled);
     let (user, salt, iterations, stored_key, server_key) = match found {
         Some(u) => (Some((u.id, u.name)), u.salt, u.iterations, key_from(&u.stored_key), key_from(&u.server_key)),
         None => {
@@ -150,7 +149,7 @@ pub(super) fn challenge(
     let auth_message = scram::auth_message(username, client_nonce, &salt, iterations, &nonce);
     let id = o.request_id;
     ctx.outbox.respond(o.token, id, |b| response::login_challenge(b, id, &salt, iterations, &nonce));
-    Ok(PendingLogin { name_key, user, disabled, stored_key, server_key, auth_message })
+    Ok(PendingLogin { name_key, user, stored_key, server_key, auth_message })
 }
 
 pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64, device_name: &str) -> Outcome {
@@ -175,9 +174,17 @@ pub fn login_finish(ctx: &mut Ctx, o: &mut Origin, proof: &[u8], device_id: u64,
         }
         return refuse(ErrorCode::AuthFailed, "wrong username or password");
     };
-    // Checked after the proof, so that it tells nothing to someone without the password.
-    if pending.disabled {
-        return refuse(ErrorCode::AccountDisabled, "this account is disabled by the server's operator");
+    // Read again rather than taken from LOGIN_START: since the challenge the operator may
+    // have disabled or deleted the account, or its owner changed the password. Checked after
+    // the proof, so that it tells nothing to someone without the password.
+    match ctx.store.login_check(user)? {
+        Some(check) if check.stored_key[..] == pending.stored_key[..] => {
+            if check.disabled {
+                return refuse(ErrorCode::AccountDisabled, "this account is disabled by the server's operator");
+            }
+        }
+        // The credentials proved are gone: a wrong password, though not the client's failure.
+        _ => return refuse(ErrorCode::AuthFailed, "wrong username or password"),
     }
     if ctx.config.max_sessions > 0 && ctx.world.sessions(user).len() >= ctx.config.max_sessions {
         return refuse(

@@ -12,6 +12,12 @@ pub struct UserRecord {
     pub iterations: u32,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
+}
+
+/// What the last step of a login checks again: it may have changed since the challenge.
+#[derive(Debug, Clone)]
+pub struct LoginCheck {
+    pub stored_key: Vec<u8>,
     /// An operator disabled the account (`im-server ctl disable`): it cannot log in.
     pub disabled: bool,
 }
@@ -45,7 +51,7 @@ impl Store {
     /// Looks a user up by lowercase name.
     pub fn find_user(&self, name_key: &str) -> StoreResult<Option<UserRecord>> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT id, name, salt, iterations, stored_key, server_key, disabled_at IS NOT NULL
+            "SELECT id, name, salt, iterations, stored_key, server_key
              FROM users WHERE name_key = ?1 AND deleted_at IS NULL",
         )?;
         let user = stmt
@@ -57,11 +63,20 @@ impl Store {
                     iterations: r.get(3)?,
                     stored_key: r.get(4)?,
                     server_key: r.get(5)?,
-                    disabled: r.get(6)?,
                 })
             })
             .optional()?;
         Ok(user)
+    }
+
+    /// The account's verifier and whether it is disabled; `None` once it is deleted.
+    pub fn login_check(&self, user: UserId) -> StoreResult<Option<LoginCheck>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT stored_key, disabled_at IS NOT NULL FROM users WHERE id = ?1 AND deleted_at IS NULL",
+        )?;
+        let check =
+            stmt.query_row([user], |r| Ok(LoginCheck { stored_key: r.get(0)?, disabled: r.get(1)? })).optional()?;
+        Ok(check)
     }
 
     /// The id and display name of a user, by lowercase name; a deleted account is found too,
