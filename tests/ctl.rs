@@ -301,3 +301,18 @@ fn a_change_between_login_start_and_finish_is_not_missed() {
     assert_eq!(lines.len(), 3, "{users}");
     assert!(lines[1].starts_with("alice\t") && lines[1].ends_with("\t0\tno\tyes"), "{users}");
 }
+
+#[test]
+fn ctl_says_why_it_cannot_reach_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nothing-here.db");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_im-server")).arg("--db").arg(&db).args(["ctl", "stats"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("is the server running with --db {}?", db.display())), "{stderr}");
+
+    let server = TestServer::start();
+    let (code, text) = ctl(&server, &["users", "a\nstats"]);
+    assert_eq!((code, text.as_str()), (2, "im-server ctl: an argument holds a line break\n"));
+}

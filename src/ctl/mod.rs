@@ -271,6 +271,11 @@ fn check_socket(path: &Path) -> Result<(), String> {
 /// answer. Fails (1) when the server answers an error, (2) when it cannot be reached.
 pub fn run_client(db: &Path, args: &[String]) -> std::process::ExitCode {
     use std::process::ExitCode;
+    // The server reads one line: a line break inside an argument would cut the command short.
+    if args.iter().any(|a| a.contains(['\n', '\r'])) {
+        eprintln!("im-server ctl: an argument holds a line break");
+        return ExitCode::from(2);
+    }
     let path = socket_path(db);
     if let Err(why) = check_socket(&path) {
         eprintln!("im-server ctl: refusing {}: {why}", path.display());
@@ -293,6 +298,10 @@ pub fn run_client(db: &Path, args: &[String]) -> std::process::ExitCode {
     let mut answer = String::new();
     if let Err(e) = stream.write_all(line.as_bytes()).and_then(|()| stream.read_to_string(&mut answer)) {
         eprintln!("im-server ctl: {e}");
+        return ExitCode::from(2);
+    }
+    if answer.is_empty() {
+        eprintln!("im-server ctl: the server closed the connection without answering (busy? try again)");
         return ExitCode::from(2);
     }
     print!("{answer}");
