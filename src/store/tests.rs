@@ -27,16 +27,7 @@ fn filled(flush_at: usize, messages: usize, seed: u64) -> (tempfile::TempDir, St
     let mut store = Store::open(&dir.path().join("t.db")).unwrap();
     store.set_posting_flush_at(flush_at);
     for name in ["a", "b"] {
-        let user = NewUser {
-            name,
-            name_key: name,
-            salt: &[0; 16],
-            iterations: 1,
-            stored_key: &[0; 32],
-            server_key: &[0; 32],
-            now_ms: 0,
-        };
-        store.create_user(&user).unwrap().unwrap();
+        store.create_user(&new_user(name)).unwrap().unwrap();
     }
     assert!(store.finish_iteration());
     let channels = [Channel::direct(1, 2), Channel::group(1), Channel::group(7), Channel::events_of(1)];
@@ -188,4 +179,110 @@ fn the_wal_stays_bounded_under_sustained_writes() {
     let check: String = store.db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
     assert!(store.finish_iteration());
+}
+
+/// A user for the tests that need one row to write.
+fn new_user(name: &str) -> NewUser<'_> {
+    NewUser {
+        name,
+        name_key: name,
+        salt: &[0; 16],
+        iterations: 1,
+        stored_key: &[0; 32],
+        server_key: &[0; 32],
+        now_ms: 0,
+    }
+}
+
+/// A failed write marks the transaction until the iteration ends, and its error names the
+/// database, as the log shows it.
+#[test]
+fn a_failed_write_marks_the_transaction_until_it_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.create_user(&new_user("a")).unwrap().unwrap();
+    assert!(!store.has_failed());
+    let error = store.write(|db| db.execute_batch("INSERT INTO no_such_table VALUES (1)")).unwrap_err();
+    assert!(error.to_string().starts_with("database error: no such table: no_such_table"), "{error}");
+    assert!(store.has_failed());
+    assert!(!store.finish_iteration());
+    assert!(!store.has_failed());
+    assert_eq!(store.find_user_id("a").unwrap(), None);
+}
+
+/// A file written by a newer im-server is refused, and the message names both versions.
+#[test]
+fn a_newer_schema_is_refused_with_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!("PRAGMA user_version = {}", schema::SCHEMA_VERSION + 1))
+        .unwrap();
+    let Err(error) = Store::open(&path) else { panic!("a newer schema was opened") };
+    assert!(
+        matches!(error, OpenError::NewerSchema { found, supported: schema::SCHEMA_VERSION } if found == schema::SCHEMA_VERSION + 1),
+        "{error:?}"
+    );
+    let expected = format!(
+        "the database has schema version {}, newer than the {} this im-server supports; use a newer im-server",
+        schema::SCHEMA_VERSION + 1,
+        schema::SCHEMA_VERSION
+    );
+    assert_eq!(error.to_string(), expected);
+}
+
+/// The checkpointer starts with the first commit that wrote, however many writes the batch
+/// held and whether its transaction was opened for reading or by its first write, and not for
+/// a batch that only read.
+#[test]
+fn the_first_batch_that_writes_starts_the_checkpointer() {
+    for (writes, read_first) in [(1, false), (2, false), (3, false), (1, true), (2, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+        store.begin_batch();
+        assert_eq!(store.find_user_id("u0").unwrap(), None);
+        assert!(store.finish_iteration());
+        assert!(store.checkpointer.is_none(), "a read-only batch started the checkpointer");
+        if read_first {
+            store.begin_batch();
+        }
+        for n in 0..writes {
+            let name = format!("u{n}");
+            store.create_user(&new_user(&name)).unwrap().unwrap();
+        }
+        assert!(store.finish_iteration());
+        assert!(store.checkpointer.is_some(), "a batch of {writes} writes did not start the checkpointer");
+    }
+}
+
+/// `ctl stats` counts what each commit stored: every message of a committed batch, none of a
+/// rolled-back one, and nothing for a batch that only read.
+#[test]
+fn the_stats_count_the_messages_each_commit_stored() {
+    let (_dir, mut store, _) = filled(1000, 0, 1);
+    let message = |n: u64| NewMessage {
+        channel: Channel::direct(1, 2),
+        sender: 1,
+        client_msg_id: n,
+        kind: MessageKind::Text,
+        sent_at: 0,
+        body: b"x",
+        device: 0,
+    };
+    for (batch, size) in [3, 1, 4].into_iter().enumerate() {
+        for n in 0..size {
+            store.insert_message(&message(batch as u64 * 10 + n)).unwrap();
+        }
+        assert!(store.finish_iteration());
+    }
+    assert_eq!(store.stats.items_stored, 8);
+    store.insert_message(&message(99)).unwrap();
+    assert!(store.write(|db| db.execute_batch("INSERT INTO no_such_table VALUES (1)")).is_err());
+    assert!(!store.finish_iteration());
+    store.begin_batch();
+    assert!(store.finish_iteration());
+    store.insert_message(&message(100)).unwrap();
+    assert!(store.finish_iteration());
+    assert_eq!(store.stats.items_stored, 9);
 }
