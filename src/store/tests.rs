@@ -286,3 +286,70 @@ fn the_stats_count_the_messages_each_commit_stored() {
     assert!(store.finish_iteration());
     assert_eq!(store.stats.items_stored, 9);
 }
+
+/// A text from `sender` in a direct conversation; returns its id.
+fn send(store: &mut Store, sender: UserId, to: UserId, body: &str) -> MessageId {
+    let m = NewMessage {
+        channel: Channel::direct(sender, to),
+        sender,
+        client_msg_id: 0,
+        kind: MessageKind::Text,
+        sent_at: 0,
+        body: body.as_bytes(),
+        device: 0,
+    };
+    store.insert_message(&m).unwrap()
+}
+
+/// The offline queue as SEND reads it after a restart: the peers' messages above the user's
+/// most advanced device position, never the user's own, and per conversation at most one more
+/// than the cap (enough to tell "full").
+#[test]
+fn undelivered_direct_counts_the_peers_messages_above_the_best_position() {
+    let (_dir, mut store, _) = filled(1000, 0, 1);
+    let carol = store.create_user(&new_user("c")).unwrap().unwrap();
+    store.make_friends(1, 2, 0).unwrap();
+    store.make_friends(carol, 2, 0).unwrap();
+    let from_a: Vec<MessageId> = (0..3).map(|n| send(&mut store, 1, 2, &format!("a{n}"))).collect();
+    for n in 0..2 {
+        send(&mut store, 2, 1, &format!("b{n}"));
+    }
+    let from_c: Vec<MessageId> = (0..4).map(|n| send(&mut store, carol, 2, &format!("c{n}"))).collect();
+    assert!(store.finish_iteration());
+
+    let all: Vec<MessageId> = from_a.iter().chain(&from_c).copied().collect();
+    assert_eq!(store.undelivered_direct(2, 10).unwrap(), all);
+    let capped: Vec<MessageId> = from_a.iter().chain(&from_c[..3]).copied().collect();
+    assert_eq!(store.undelivered_direct(2, 2).unwrap(), capped);
+
+    let phone = store.login_device(2, 7, "phone", 10, 0, 0).unwrap().unwrap();
+    store.acknowledge(phone.id, from_a[1], 0).unwrap();
+    assert!(store.finish_iteration());
+    let above: Vec<MessageId> = all.iter().copied().filter(|&id| id > from_a[1]).collect();
+    assert_eq!(store.undelivered_direct(2, 10).unwrap(), above);
+}
+
+/// A reopened store goes on from the highest id it holds, and its posting lists cover the
+/// messages both in stored blocks and in the tail it rebuilds.
+#[test]
+fn a_reopened_store_continues_its_ids_and_rebuilds_its_tail() {
+    let (dir, mut store, model) = filled(40, 100, 5);
+    let channel = Channel::direct(1, 2);
+    let mut expected: Vec<MessageId> = model[&channel.0].iter().map(|r| r.0).collect();
+    // Commit until the tail holds ids that no block does.
+    while store.tail.len() == 0 {
+        expected.push(send(&mut store, 1, 2, "in the tail"));
+        assert!(store.finish_iteration());
+    }
+    let highest = store.last_message_id();
+    store.close().unwrap();
+    let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+    assert_eq!(store.last_message_id(), highest);
+    assert!(store.tail.indexed_up_to > 0 && store.tail.indexed_up_to < highest, "{}", store.tail.indexed_up_to);
+    let id = send(&mut store, 1, 2, "after the restart");
+    assert_eq!(id, highest + 1);
+    assert!(store.finish_iteration());
+    expected.push(id);
+    store.begin_batch();
+    assert_eq!(store.ids_after(channel, 0, MessageId::MAX, 10_000).unwrap(), expected);
+}
