@@ -353,3 +353,20 @@ fn a_reopened_store_continues_its_ids_and_rebuilds_its_tail() {
     store.begin_batch();
     assert_eq!(store.ids_after(channel, 0, MessageId::MAX, 10_000).unwrap(), expected);
 }
+
+/// A page holds messages while their bodies fit the byte bound exactly, and stops at the
+/// first that would pass it.
+#[test]
+fn a_history_page_fills_its_byte_bound_exactly() {
+    let (_dir, mut store, _) = filled(1000, 0, 1);
+    let ids: Vec<MessageId> = ["one..", "two..", "three"].iter().map(|body| send(&mut store, 1, 2, body)).collect();
+    assert!(store.finish_iteration());
+    store.begin_batch();
+    let channel = Channel::direct(1, 2);
+    for (max_bytes, expected) in [(10, &ids[..2]), (14, &ids[..2]), (15, &ids[..])] {
+        let page = store.history(channel, HistoryDirection::Newer, 0, 200, max_bytes).unwrap();
+        let got: Vec<MessageId> = page.rows.iter().map(|r| r.id).collect();
+        assert_eq!(got, expected, "a bound of {max_bytes} bytes");
+        assert_eq!(page.more, expected.len() < ids.len());
+    }
+}
