@@ -370,3 +370,25 @@ fn a_history_page_fills_its_byte_bound_exactly() {
         assert_eq!(page.more, expected.len() < ids.len());
     }
 }
+
+/// Reads whose limit ends past a stored block, in the tail: a block of four ids, then three
+/// in the tail.
+#[test]
+fn a_limit_counts_the_ids_of_a_block_and_the_tail_together() {
+    let (_dir, mut store, _) = filled(4, 0, 1);
+    let stored: Vec<MessageId> = (0..4).map(|n| send(&mut store, 1, 2, &format!("s{n}"))).collect();
+    assert!(store.finish_iteration());
+    let tail: Vec<MessageId> = (0..3).map(|n| send(&mut store, 1, 2, &format!("t{n}"))).collect();
+    assert!(store.finish_iteration());
+    assert_eq!(store.tail.indexed_up_to, stored[3]);
+    store.begin_batch();
+    let channel = Channel::direct(1, 2);
+    let all: Vec<MessageId> = stored.iter().chain(&tail).copied().collect();
+    for limit in 1..=8 {
+        let expected: Vec<MessageId> = all.iter().copied().take(limit).collect();
+        assert_eq!(store.ids_after(channel, 0, MessageId::MAX, limit).unwrap(), expected, "limit {limit}");
+        let expected: Vec<MessageId> = all.iter().rev().copied().take(limit).collect();
+        let got = posting::ids_before(&store.db, &store.tail, channel, MessageId::MAX, limit).unwrap();
+        assert_eq!(got, expected, "limit {limit}");
+    }
+}
