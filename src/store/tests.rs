@@ -392,3 +392,20 @@ fn a_limit_counts_the_ids_of_a_block_and_the_tail_together() {
         assert_eq!(got, expected, "limit {limit}");
     }
 }
+
+/// At start, devices not seen since the cut-off are forgotten and counted; a second pass
+/// finds none.
+#[test]
+fn expire_devices_forgets_exactly_the_devices_not_seen_since_the_cut_off() {
+    let (_dir, mut store, _) = filled(1000, 0, 1);
+    let old = store.login_device(1, 1, "old", 10, 0, 100).unwrap().unwrap();
+    let recent = store.login_device(1, 2, "recent", 10, 0, 5000).unwrap().unwrap();
+    store.login_device(2, 1, "other old", 10, 0, 999).unwrap().unwrap();
+    assert!(store.finish_iteration());
+    assert_eq!(store.expire_devices(1000).unwrap(), 2);
+    assert!(store.finish_iteration());
+    assert_eq!(store.devices_of(1).unwrap(), vec![recent]);
+    assert_eq!(store.devices_of(2).unwrap(), vec![]);
+    assert_eq!(store.find_device(1, old.client_id).unwrap(), None);
+    assert_eq!(store.expire_devices(1000).unwrap(), 0);
+}
