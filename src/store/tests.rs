@@ -409,3 +409,29 @@ fn expire_devices_forgets_exactly_the_devices_not_seen_since_the_cut_off() {
     assert_eq!(store.find_device(1, old.client_id).unwrap(), None);
     assert_eq!(store.expire_devices(1000).unwrap(), 0);
 }
+
+/// Each new database gets its own random secret (it derives the fake salts of unknown names,
+/// so a shared one would let anyone tell unknown names from real ones offline).
+#[test]
+fn every_new_database_gets_its_own_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets: Vec<Vec<u8>> = ["1.db", "2.db"]
+        .iter()
+        .map(|name| Store::open(&dir.path().join(name)).unwrap().server_secret().unwrap())
+        .collect();
+    assert_eq!(secrets[0].len(), 32);
+    assert_ne!(secrets[0], secrets[1]);
+    assert!(secrets.iter().all(|s| s.iter().any(|&b| b != s[0])), "a secret of one repeated byte");
+}
+
+/// A backup never overwrites a file, and says so.
+#[test]
+fn a_backup_refuses_an_existing_target() {
+    let (dir, store, _) = filled(1000, 3, 1);
+    let target = dir.path().join("copy.db");
+    std::fs::write(&target, b"keep me").unwrap();
+    let error = backup(&dir.path().join("t.db"), &target).unwrap_err();
+    assert_eq!(error.to_string(), "the target file exists; choose a new name");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    store.close().unwrap();
+}
