@@ -435,3 +435,17 @@ fn a_backup_refuses_an_existing_target() {
     assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
     store.close().unwrap();
 }
+
+/// Closing the store first ends the checkpointer's thread and its connection, so the loop's
+/// connection is the last: SQLite checkpoints the WAL into the database and removes it.
+#[test]
+fn closing_the_store_ends_the_checkpointer_and_removes_the_wal() {
+    let (dir, mut store, _) = filled(1000, 20, 1);
+    assert!(store.checkpointer.is_some());
+    send(&mut store, 1, 2, "last");
+    assert!(store.finish_iteration());
+    let wal = dir.path().join("t.db-wal");
+    assert!(wal.exists());
+    store.close().unwrap();
+    assert!(!wal.exists(), "the WAL outlived the store");
+}
