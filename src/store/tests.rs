@@ -449,3 +449,36 @@ fn closing_the_store_ends_the_checkpointer_and_removes_the_wal() {
     store.close().unwrap();
     assert!(!wal.exists(), "the WAL outlived the store");
 }
+
+/// A new account's first device starts at the newest id when the account was made; a later
+/// device starts at the lowest position of the others.
+#[test]
+fn a_first_device_starts_where_its_account_did() {
+    let (_dir, mut store, _) = filled(1000, 10, 1);
+    let start = store.last_message_id();
+    let carol = store.create_user(&new_user("c")).unwrap().unwrap();
+    send(&mut store, 1, 2, "after carol registered");
+    assert!(store.finish_iteration());
+    assert_eq!(store.account_start(carol).unwrap(), start);
+    let phone = store.login_device(carol, 1, "phone", 10, 0, 0).unwrap().unwrap();
+    assert_eq!(phone.delivered_up_to, start);
+    store.acknowledge(phone.id, start + 1, 0).unwrap();
+    let laptop = store.login_device(carol, 2, "laptop", 10, 0, 0).unwrap().unwrap();
+    assert_eq!(laptop.delivered_up_to, start + 1);
+}
+
+/// Ending a friendship is stored for both sides, and making friends again restores it.
+#[test]
+fn an_ended_friendship_is_stored_for_both() {
+    let (_dir, mut store, _) = filled(1000, 0, 1);
+    store.make_friends(1, 2, 0).unwrap();
+    assert!(store.finish_iteration());
+    assert_eq!((store.friend_count(1).unwrap(), store.friend_count(2).unwrap()), (1, 1));
+    store.end_friendship(2, 1).unwrap();
+    assert!(store.finish_iteration());
+    assert_eq!(store.contact_state(1, 2).unwrap(), Some(ContactState::Former));
+    assert_eq!(store.contact_state(2, 1).unwrap(), Some(ContactState::Former));
+    assert_eq!((store.friend_count(1).unwrap(), store.friend_count(2).unwrap()), (0, 0));
+    store.make_friends(2, 1, 5).unwrap();
+    assert_eq!(store.contact_state(1, 2).unwrap(), Some(ContactState::Friends));
+}
