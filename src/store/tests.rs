@@ -482,3 +482,21 @@ fn an_ended_friendship_is_stored_for_both() {
     store.make_friends(2, 1, 5).unwrap();
     assert_eq!(store.contact_state(1, 2).unwrap(), Some(ContactState::Friends));
 }
+
+/// A group's name and counts as the limits and a login read them: members of the group, and
+/// groups of a user with the lobby included.
+#[test]
+fn group_names_and_counts_are_read_back_exactly() {
+    let (_dir, mut store, _) = filled(1000, 0, 1);
+    let group = store.create_group("rustaceans", 1, 0).unwrap();
+    store.add_member(group, 2, 0).unwrap();
+    let carol = store.create_user(&new_user("c")).unwrap().unwrap();
+    store.add_member(group, carol, 0).unwrap();
+    assert!(store.finish_iteration());
+    assert_eq!(store.group_name(group).unwrap().as_deref(), Some("rustaceans"));
+    assert_eq!(store.group_name(group + 1).unwrap(), None);
+    assert_eq!(store.member_count(group).unwrap(), 3);
+    store.remove_member(group, carol).unwrap();
+    assert_eq!(store.member_count(group).unwrap(), 2);
+    assert_eq!((store.group_count(1).unwrap(), store.group_count(carol).unwrap()), (2, 1));
+}
