@@ -105,6 +105,9 @@ fn a_failed_commit_withdraws_every_answer_and_push_of_the_batch() {
         &[
             req::send("bob", 2, "in the batch"),
             req::ping(),
+            // A retry of a message committed before the batch writes nothing and depends on
+            // nothing of it.
+            req::send("bob", 1, "before"),
             req::send("bob", 3, "COMMIT-FAIL"),
             req::read("bob", before),
             req::friend_request("carol"),
@@ -113,9 +116,12 @@ fn a_failed_commit_withdraws_every_answer_and_push_of_the_batch() {
             req::send("bob", 2, "in the batch"),
         ],
     );
-    // PING wrote nothing: its answer stands. Every other answer is withdrawn.
+    // PING and the retry of the committed message wrote nothing: their answers stand. Every
+    // other answer is withdrawn.
     assert_eq!(answers[1], Message::Pong);
-    let withdrawn: Vec<Message> = answers.iter().enumerate().filter(|(n, _)| *n != 1).map(|(_, a)| a.clone()).collect();
+    assert_eq!(answers[2].sent().0, before);
+    let withdrawn: Vec<Message> =
+        answers.iter().enumerate().filter(|(n, _)| *n > 2 || *n == 0).map(|(_, a)| a.clone()).collect();
     all_store_unavailable(&withdrawn);
     // No push of the batch left, before or after the failed commit.
     bob.assert_quiet();

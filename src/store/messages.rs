@@ -164,7 +164,8 @@ impl Store {
     }
 
     /// Ids of direct messages to `user` that no device of theirs has acknowledged, ascending;
-    /// at most `cap` of them per conversation, so more than `cap` in all means "at least `cap`".
+    /// at most `cap + 1` of them per conversation, so that a list longer than `cap` says "the
+    /// queue is full, and this list may be incomplete".
     pub fn undelivered_direct(&self, user: UserId, cap: usize) -> StoreResult<Vec<MessageId>> {
         let after = self.most_advanced_position(user)?;
         let mut sender = self.db.prepare_cached("SELECT sender FROM messages WHERE id = ?1")?;

@@ -124,4 +124,26 @@ mod tests {
         // Four after the first, over at least a second.
         assert_eq!(stats.messages_per_second(start + Duration::from_millis(500)), 4.0);
     }
+
+    /// Commits of `(second, items)` from one start; the rate seen at `now_s`.
+    fn rate_after(commits: &[(u64, u64)], now_s: u64) -> f64 {
+        let start = Instant::now();
+        let mut stats = StoreStats::default();
+        for &(second, items) in commits {
+            stats.commit(Duration::from_micros(1), items, 0, start + Duration::from_secs(second));
+        }
+        stats.items_per_second(start + Duration::from_secs(now_s))
+    }
+
+    #[test]
+    fn the_rate_window_holds_ten_seconds_and_at_least_two_samples() {
+        // A sample exactly ten seconds old is still the window's start: 60 items in 10 s.
+        assert_eq!(rate_after(&[(0, 100), (5, 50), (10, 10)], 10), 6.0);
+        // Older samples leave it: from the sample at 5 s, 10 items in 10 s.
+        assert_eq!(rate_after(&[(0, 100), (5, 50), (10, 0), (15, 10)], 15), 1.0);
+        // After a long pause the window keeps its last two samples: 99 items in 99 s.
+        assert_eq!(rate_after(&[(0, 50), (1, 50), (100, 99)], 100), 1.0);
+        // Idle for longer than the window after a single sample: nothing stored lately.
+        assert_eq!(rate_after(&[(0, 50)], 12), 0.0);
+    }
 }
