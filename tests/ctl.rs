@@ -316,3 +316,50 @@ fn ctl_says_why_it_cannot_reach_a_server() {
     let (code, text) = ctl(&server, &["users", "a\nstats"]);
     assert_eq!((code, text.as_str()), (2, "im-server ctl: an argument holds a line break\n"));
 }
+
+#[test]
+fn a_stale_socket_is_replaced_at_start_and_the_socket_removed_at_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("im.db.ctl");
+    // What a crashed server leaves: a socket file nobody listens on (here open to all).
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let server = TestServer::start_in(dir, &[]);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let (code, text) = ctl(&server, &["stats"]);
+    assert_eq!(code, 0, "{text}");
+    let (status, _dir) = server.terminate();
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the socket is removed at a clean stop");
+}
+
+#[test]
+fn a_second_server_of_the_database_leaves_the_first_ones_socket_alone() {
+    use std::io::{BufRead, BufReader};
+    let server = TestServer::start();
+    let _alice = server.user("alice");
+    let mut second = Command::new(env!("CARGO_BIN_EXE_im-server"))
+        .arg("--db")
+        .arg(server.db_path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(second.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert!(log.contains("no operator socket") && log.contains("another running server"), "{log}");
+    // The socket still leads to the first server, whose user is online.
+    let (code, text) = ctl(&server, &["stats"]);
+    assert!(code == 0 && text.contains("online users         1\n"), "{text}");
+}

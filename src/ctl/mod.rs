@@ -60,9 +60,17 @@ pub struct Ctl {
 impl Ctl {
     /// Creates the socket at `path` with mode 0600 and registers it. The socket is made in a
     /// private directory and renamed into place, so it is never reachable with wider modes; a
-    /// stale socket from a server that did not stop cleanly is replaced.
+    /// stale socket from a server that did not stop cleanly is replaced, a live one is not.
     pub fn bind(path: PathBuf, registry: &Registry, listener_token: Token, base: usize) -> io::Result<Ctl> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        // Someone answers: another server of this database. Taking its socket would leave it
+        // unreachable, and the operator talking to the wrong one.
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is served by another running server of this database", path.display()),
+            ));
+        }
         let dir = path.with_extension(format!("ctl-new-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
