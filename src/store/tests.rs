@@ -545,3 +545,28 @@ fn group_names_and_counts_are_read_back_exactly() {
     assert_eq!(store.member_count(group).unwrap(), 2);
     assert_eq!((store.group_count(1).unwrap(), store.group_count(carol).unwrap()), (2, 1));
 }
+
+/// `ctl users`: a case-insensitive substring in which `_` and `%` are letters, not wildcards;
+/// deleted accounts left out; the count of all matches beside the capped list.
+#[test]
+fn users_are_listed_by_a_literal_substring_ignoring_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+    let mut ids = Vec::new();
+    for (name, key) in [("Alice", "alice"), ("al_x", "al_x"), ("alxx", "alxx"), ("bob", "bob"), ("Al", "al")] {
+        ids.push(store.create_user(&NewUser { name, name_key: key, ..new_user(name) }).unwrap().unwrap());
+    }
+    store.set_disabled(ids[0], true, 5).unwrap();
+    store.delete_account(ids[4], 5).unwrap();
+    assert!(store.finish_iteration());
+    let names = |pattern: &str, limit: usize| {
+        let (users, total) = store.list_users(pattern, limit).unwrap();
+        (users.iter().map(|u| (u.name.clone(), u.disabled)).collect::<Vec<_>>(), total)
+    };
+    let all = vec![("al_x".to_string(), false), ("Alice".to_string(), true), ("alxx".to_string(), false)];
+    assert_eq!(names("AL", 10), (all.clone(), 3));
+    assert_eq!(names("AL", 2), (all[..2].to_vec(), 3));
+    assert_eq!(names("l_", 10), (vec![all[0].clone()], 1));
+    assert_eq!(names("%", 10), (vec![], 0));
+    assert_eq!(names("", 10).1, 4);
+}
