@@ -25,8 +25,6 @@ impl Chunk {
 /// Bytes above which an owned chunk is not extended further, so a write queue is never one
 /// huge reallocation.
 const OWNED_CHUNK_LIMIT: usize = 64 * 1024;
-/// Shared frames up to this size are copied rather than referenced (see `push_shared`).
-const COPY_SHARED_UP_TO: usize = 512;
 /// Chunks a write queue makes room for when it starts filling.
 const QUEUE_CHUNKS_RESERVED: usize = 16;
 /// Slices handed to one `writev`.
@@ -61,15 +59,8 @@ impl WriteQueue {
         self.push_chunk(Chunk::Owned(v));
     }
 
-    /// Appends a frame shared with other connections: a small one is copied into the queue's
-    /// last buffer, so that a burst of group messages leaves in one slice rather than one
-    /// `writev` slice each (copying a chat line costs less than the kernel's walk of another
-    /// iovec); a large one is queued by reference.
+    /// Appends a frame shared with other connections, without copying it.
     pub fn push_shared(&mut self, frame: &Rc<[u8]>) {
-        if frame.len() <= COPY_SHARED_UP_TO {
-            self.push(frame);
-            return;
-        }
         if self.sealed {
             return;
         }
