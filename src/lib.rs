@@ -28,6 +28,7 @@ pub mod conns;
 pub mod ctl;
 pub mod http;
 pub mod limits;
+pub mod listeners;
 pub mod login_throttle;
 pub mod outbox;
 pub mod protocol;

@@ -78,7 +78,7 @@ pub enum ReadEnd {
     Stopped,
     PeerClosed,
     Failed(io::Error),
-    /// A whole HTTP request head: the server answers it with [`Transport::answer_http`].
+    /// A whole HTTP request head: the server answers it with [`Transport::serve_http`].
     HttpHead(Vec<u8>),
     /// A request head above [`http::MAX_HEAD`].
     HttpHeadTooLarge,
@@ -251,9 +251,26 @@ impl Transport {
         }
     }
 
+    /// Answers the HTTP request `head` (the page, a file, or the WebSocket upgrade) with this
+    /// stream's scheme for the origin check. True when the connection became a WebSocket of
+    /// messages up to `max_message` bytes; otherwise it is to be closed after the answer.
+    pub fn serve_http(&mut self, head: &[u8], extra_origins: &[String], max_message: u64) -> bool {
+        let site = http::Site { scheme: self.scheme(), extra_origins };
+        let answer = http::answer(head, &site);
+        log::debug!("HTTP {}", answer.status);
+        self.answer_http(&answer.response, answer.upgrade, max_message);
+        answer.upgrade
+    }
+
+    /// Answers a request head past [`http::MAX_HEAD`]; the connection is to be closed.
+    pub fn refuse_http_head(&mut self) {
+        let answer = http::error(431, "Request Header Fields Too Large");
+        self.answer_http(&answer.response, false, 0);
+    }
+
     /// Queues the answer to the HTTP request; an upgrade turns the stream into WebSocket
     /// messages of at most `max_message` bytes, anything else closes after the answer.
-    pub fn answer_http(&mut self, response: &[u8], upgrade: bool, max_message: u64) {
+    fn answer_http(&mut self, response: &[u8], upgrade: bool, max_message: u64) {
         self.raw_out.extend_from_slice(response);
         self.codec = if upgrade {
             Codec::WebSocket(Box::new(websocket::WebSocket::new(max_message)))
