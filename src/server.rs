@@ -118,6 +118,9 @@ impl Server {
                         self.listeners.accept_all(token, now, self.poll.registry(), &mut self.conns, &mut self.core);
                     }
                     Token(i) => {
+                        if event.is_read_closed() || event.is_error() {
+                            self.conns.note_hang_up(i);
+                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_conn(i, now);
                         }

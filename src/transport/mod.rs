@@ -97,6 +97,9 @@ pub struct Transport {
     partial_frame_since: Option<Instant>,
     out: WriteQueue,
     writable_interest: bool,
+    /// The poll reported the peer's end closed (or an error): read until the socket says so,
+    /// never stopping at a short read (see [`Transport::read`]).
+    hung_up: bool,
 }
 
 /// Every [`Transport::kind`], in the order `ctl stats` lists them.
@@ -112,6 +115,7 @@ impl Transport {
             partial_frame_since: None,
             out: WriteQueue::default(),
             writable_interest: false,
+            hung_up: false,
         }
     }
 
@@ -170,6 +174,9 @@ impl Transport {
                         Ok(more) => go_on = more,
                         Err(end) => break end,
                     }
+                    if n < scratch.len() && go_on && self.stops_at_short_read() {
+                        break ReadEnd::Drained;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break ReadEnd::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -178,6 +185,21 @@ impl Transport {
         };
         self.keep_read_buf(pending, now);
         end
+    }
+
+    /// The poll reported the peer's end closed or an error: the next reads go on to the end.
+    pub fn note_hang_up(&mut self) {
+        self.hung_up = true;
+    }
+
+    /// Whether a read that returned less than asked for may end the turn without another read
+    /// (which would only say "would block": one system call per connection and iteration).
+    /// The socket's queue was empty at that read, and on a plain socket any byte that arrives
+    /// after it raises a new edge-triggered event (Linux's epoll and the BSDs' kqueue signal
+    /// every arrival). Not once a hang-up was reported: the end of the stream raises no
+    /// further event. Not under TLS either, whose reads go through rustls' own buffer.
+    fn stops_at_short_read(&self) -> bool {
+        matches!(self.stream, Stream::Plain(_)) && !self.hung_up
     }
 
     /// Passes bytes just read through the codec to `handle`; `pending` holds what an earlier
