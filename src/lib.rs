@@ -26,6 +26,7 @@ pub mod cmd;
 pub mod config;
 pub mod conns;
 pub mod ctl;
+pub mod db_lock;
 pub mod http;
 pub mod limits;
 pub mod listeners;

@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use im_server::config::{Command, Config};
+use im_server::db_lock::DbLock;
 use im_server::server::Server;
 use im_server::store::Store;
 use std::io::Write;
@@ -26,6 +27,14 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Held until the process ends, after the store is closed.
+    let _db_lock = match DbLock::take(&config.db) {
+        Ok(lock) => lock,
+        Err(e) => {
+            log::error!("{}: {e}", config.db.display());
+            return ExitCode::FAILURE;
+        }
+    };
     let store = match Store::open(&config.db) {
         Ok(store) => store,
         Err(e) => {

@@ -335,31 +335,32 @@ fn a_stale_socket_is_replaced_at_start_and_the_socket_removed_at_a_clean_stop() 
 }
 
 #[test]
-fn a_second_server_of_the_database_leaves_the_first_ones_socket_alone() {
-    use std::io::{BufRead, BufReader};
+fn a_second_server_of_the_database_is_refused_and_the_first_goes_on() {
     let server = TestServer::start();
-    let _alice = server.user("alice");
+    let mut alice = server.user("alice");
+    // It would hand out the first one's message ids again: it must not start at all.
     let mut second = Command::new(env!("CARGO_BIN_EXE_im-server"))
         .arg("--db")
         .arg(server.db_path())
         .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut log = String::new();
-    for line in BufReader::new(second.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("listening on") {
-            break;
-        }
+    // It exits at once; one that serves instead is stopped, and the test fails below.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
-    assert!(log.contains("no operator socket") && log.contains("another running server"), "{log}");
-    // The socket still leads to the first server, whose user is online.
+    let _ = second.kill();
+    let second = second.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{log}");
+    assert!(String::from_utf8_lossy(&second.stdout).is_empty(), "it never listened");
+    assert!(log.contains(&format!("another im-server (pid {}) is using this database", server.pid())), "{log}");
+    // The first server still serves, and its socket still leads to it.
+    assert_eq!(alice.call(req::ping()), Message::Pong);
     let (code, text) = ctl(&server, &["stats"]);
     assert!(code == 0 && text.contains("online users         1\n"), "{text}");
 }
