@@ -162,6 +162,32 @@ fn a_reader_above_the_soft_limit_for_too_long_is_closed() {
     assert!(flooded.elapsed() < Duration::from_secs(4));
 }
 
+#[test]
+fn a_reader_behind_but_below_the_soft_limit_is_never_timed_out() {
+    // More than a backlog page (128 KiB) queued, but below the soft limit: a reader catching
+    // up, not a slow one. Only a backlog page left unread starts the soft timer below it.
+    let server = TestServer::start_with(&[
+        "--write-queue-soft-limit",
+        "67108864",
+        "--write-queue-hard-limit",
+        "134217728",
+        "--write-queue-soft-seconds",
+        "1",
+    ]);
+    let (mut a, mut b) = friends(&server);
+    // 16 MB for bob, who reads nothing yet: more than the kernel's buffers take, so megabytes
+    // wait in his write queue.
+    flood(&mut a, 4000, 4000);
+    // Nothing can be awaited here: the test is that nothing happens in three times the soft
+    // timeout (the sweep runs at least once a second).
+    std::thread::sleep(Duration::from_secs(3));
+    for n in 0..4000 {
+        let message = b.push();
+        assert!(matches!(message, Message::Deliver(_)), "delivery {n}: {message:?}");
+    }
+    a.assert_quiet();
+}
+
 /// The server's peak resident memory, in KiB.
 fn peak_rss_kib(server: &TestServer) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("server status");
