@@ -82,6 +82,19 @@ fn plain_text_on_the_tls_port_is_closed_and_the_server_goes_on() {
 }
 
 #[test]
+fn a_tls_connection_over_the_limit_is_told_server_full_after_its_handshake() {
+    let (dir, certs) = certificate_dir();
+    let cert = tls::make_certificate(certs.path(), "localhost");
+    let server = tls_server(dir, &cert, &["--max-connections", "1"]);
+    let mut first = tls_user(&server, &cert.cert, "alice");
+    // Refused in clear text, the client would read the error as a broken handshake: it is
+    // told inside TLS once the handshake is done, then closed.
+    let mut second = tls::connect(server.tls_port.unwrap(), &cert.cert);
+    second.assert_error_and_close(code::SERVER_FULL);
+    assert_eq!(first.call(req::ping()), Message::Pong, "the first connection is unaffected");
+}
+
+#[test]
 fn a_truncated_handshake_and_a_silent_connection_time_out() {
     let (certs, db) = certificate_dir();
     let cert = tls::make_certificate(certs.path(), "server");
