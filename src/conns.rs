@@ -113,12 +113,9 @@ impl Conns {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Open connections, closing ones included.
+    pub fn count(&self) -> usize {
         self.slab.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slab.is_empty()
     }
 
     /// The token the next [`Conns::insert`] will use, to register the socket under first.

@@ -111,13 +111,13 @@ impl Listeners {
                     }
                 },
             };
-            let full = conns.len() >= core.config.max_connections;
+            let full = conns.count() >= core.config.max_connections;
             let token = conns.insert(Session::new(addr.ip(), now), Transport::new(stream, (listener.codec)()));
             if !full {
                 log::debug!("connection {token} from {addr}");
                 continue;
             }
-            log::warn!("refusing {addr}: {} connections open", conns.len() - 1);
+            log::warn!("refusing {addr}: {} connections open", conns.count() - 1);
             let Some(conn) = conns.get_mut(token) else { continue };
             if conn.transport.is_handshaking() {
                 // Told once its handshake is done (see `Server::read_conn`): bytes before it

@@ -122,6 +122,29 @@ fn the_socket_is_private_and_stats_report_the_server() {
 }
 
 #[test]
+fn stats_count_the_bytes_waiting_for_a_reader() {
+    let server =
+        TestServer::start_with(&["--write-queue-soft-limit", "67108864", "--write-queue-hard-limit", "134217728"]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    make_friends(&mut alice, &mut bob);
+    // 16 MB for bob, who reads nothing: the kernel's buffers take a few MB, the rest waits in
+    // his write queue.
+    let body = "q".repeat(4000);
+    let sends: Vec<_> = (0..4000).map(|n| req::send("bob", n, &body)).collect();
+    alice.pipeline(&sends);
+    let (code, text) = ctl(&server, &["stats"]);
+    assert_eq!(code, 0, "{text}");
+    let queued: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("bytes queued"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no bytes queued in {text}"));
+    assert!((1 << 20..16_000_000).contains(&queued), "{queued} bytes queued");
+    drop(bob);
+}
+
+#[test]
 fn users_and_sessions_are_listed() {
     let server = TestServer::start();
     server.register_all(&["alice", "albert", "bob"]);

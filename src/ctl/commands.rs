@@ -142,7 +142,7 @@ fn stats(core: &Core, conns: &Conns, started: Instant, now: Instant) -> Stats {
     let mut wal = core.config.db.as_os_str().to_owned();
     wal.push("-wal");
     Stats {
-        connections: conns.len(),
+        connections: conns.count(),
         by_transport: conns.count_by_transport(),
         online_users: core.world.users.len(),
         messages_per_second: core.store.stats.messages_per_second(now),
