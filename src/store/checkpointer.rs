@@ -15,7 +15,7 @@
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -28,7 +28,6 @@ const PAUSE: Duration = Duration::from_millis(100);
 pub struct Checkpointer {
     wake: Option<SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
-    wal_pages: Arc<AtomicI64>,
     /// Set while the loop wants to finish a checkpoint itself: the thread starts no pass (only
     /// one connection can checkpoint at a time).
     loop_wants_it: Arc<AtomicBool>,
@@ -43,14 +42,13 @@ impl Checkpointer {
         db.busy_timeout(Duration::ZERO)?;
         db.execute_batch("PRAGMA synchronous = NORMAL;")?;
         let (wake, woken) = mpsc::sync_channel(1);
-        let wal_pages = Arc::new(AtomicI64::new(0));
         let loop_wants_it = Arc::new(AtomicBool::new(false));
-        let shared = (Arc::clone(&wal_pages), Arc::clone(&loop_wants_it));
+        let shared = Arc::clone(&loop_wants_it);
         let thread = thread::Builder::new()
             .name("checkpointer".into())
             .spawn(move || run(db, woken, shared))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Checkpointer { wake: Some(wake), thread: Some(thread), wal_pages, loop_wants_it })
+        Ok(Checkpointer { wake: Some(wake), thread: Some(thread), loop_wants_it })
     }
 
     /// Tells the thread that a commit happened; never blocks (a pending wake-up is enough).
@@ -61,11 +59,6 @@ impl Checkpointer {
                 Err(TrySendError::Disconnected(())) => log::error!("the checkpointer thread has stopped"),
             }
         }
-    }
-
-    /// WAL pages seen by the last checkpoint (for operators and tests).
-    pub fn wal_pages(&self) -> i64 {
-        self.wal_pages.load(Ordering::Relaxed)
     }
 
     /// Asks the thread to start no pass until [`Checkpointer::leave_it`].
@@ -95,7 +88,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(db: Connection, woken: Receiver<()>, (wal_pages, loop_wants_it): (Arc<AtomicI64>, Arc<AtomicBool>)) {
+fn run(db: Connection, woken: Receiver<()>, loop_wants_it: Arc<AtomicBool>) {
     while woken.recv().is_ok() {
         if loop_wants_it.load(Ordering::Relaxed) {
             continue;
@@ -104,7 +97,6 @@ fn run(db: Connection, woken: Receiver<()>, (wal_pages, loop_wants_it): (Arc<Ato
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         }) {
             Ok((_busy, log_pages, copied)) => {
-                wal_pages.store(log_pages, Ordering::Relaxed);
                 if copied < log_pages {
                     continue;
                 }

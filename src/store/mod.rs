@@ -337,19 +337,9 @@ impl Store {
         }
     }
 
-    /// WAL pages the last background checkpoint saw.
-    pub fn wal_pages(&self) -> i64 {
-        self.checkpointer.as_ref().map_or(0, |c| c.wal_pages())
-    }
-
     /// Whether a message id belongs to the transaction that is still open.
     pub fn is_uncommitted(&self, id: MessageId) -> bool {
         self.in_transaction && id >= self.first_uncommitted_id
-    }
-
-    /// The id the next stored message or event will get.
-    pub fn peek_next_message_id(&self) -> MessageId {
-        self.next_message_id
     }
 
     /// The highest message id assigned so far (committed or in the open transaction).
