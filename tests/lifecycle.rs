@@ -157,3 +157,30 @@ fn a_locked_database_is_store_unavailable_and_stores_nothing() {
     let (items, _) = bob.call(req::history(&Target::direct("alice"), 0, 10)).history_page();
     assert_eq!(items.iter().map(|item| item.body.as_str()).collect::<Vec<_>>(), ["after the lock"]);
 }
+
+/// CPU time (user and system) the process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn an_idle_server_sleeps_until_something_happens() {
+    let server = TestServer::start();
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    make_friends(&mut alice, &mut bob);
+    alice.call(req::send("bob", 1, "hi")).sent();
+    bob.push();
+    // Two seconds with connections open and nothing to do: a loop that polled without
+    // waiting would burn them whole (or at least half, on a machine shared with other work).
+    let before = cpu_time(server.pid());
+    thread::sleep(Duration::from_secs(2));
+    let used = cpu_time(server.pid()) - before;
+    assert!(used < Duration::from_millis(500), "{used:?} of CPU in 2 s of idleness");
+    assert_eq!(alice.call(req::ping()), Message::Pong);
+}
