@@ -96,3 +96,20 @@ fn a_peer_that_closes_while_its_backlog_is_pushed_is_cleaned_up() {
     let (_bob, backlog) = server.login("bob");
     assert_eq!(backlog.len(), 5000);
 }
+
+#[test]
+fn a_frame_with_the_close_right_behind_it_ends_the_session() {
+    // A turn of reading ends at a short read, and a later byte raises a new event; but a
+    // hang-up that came with the data raises none, so then the server must read on to the end
+    // of the stream. Stopped while bob sends a frame and closes, it finds both queued at once.
+    let server = TestServer::start_with(&["--idle-timeout", "600"]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    make_friends(&mut alice, &mut bob);
+    server.signal("STOP");
+    bob.send(&req::ping());
+    bob.shutdown_write();
+    server.signal("CONT");
+    assert_eq!(alice.push(), Message::Presence { username: "bob".into(), online: false });
+    alice.assert_quiet();
+}
