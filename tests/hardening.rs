@@ -200,6 +200,11 @@ fn friends_are_capped() {
 /// him go offline), he reads what reached him: whole frames, the last of them
 /// `ERROR SLOW_READER`, then the close.
 fn check_slow_reader_is_told(args: &[&str]) {
+    check_slow_reader_is_told_after(args, Duration::ZERO);
+}
+
+/// The same, with bob starting to read `pause` after he was closed.
+fn check_slow_reader_is_told_after(args: &[&str], pause: Duration) {
     let server = TestServer::start_with(args);
     let mut alice = server.user("alice");
     let mut bob = server.user("bob");
@@ -210,6 +215,7 @@ fn check_slow_reader_is_told(args: &[&str]) {
         assert!(matches!(reply, Message::Sent { .. }), "{reply:?}");
     }
     assert_eq!(alice.push(), Message::Presence { username: "bob".into(), online: false });
+    thread::sleep(pause);
     let mut frames = Vec::new();
     loop {
         match bob.try_read_frame() {
@@ -235,6 +241,23 @@ fn a_reader_past_the_hard_limit_is_told_slow_reader_last() {
         "--write-queue-soft-seconds",
         "600",
     ]);
+}
+
+#[test]
+fn a_closed_slow_reader_that_reads_late_within_the_linger_still_gets_every_frame() {
+    // Closed, the connection lingers up to --write-queue-soft-seconds (600 s here) for its
+    // last frames; bob starts reading after more than one sweep (at most a second apart).
+    check_slow_reader_is_told_after(
+        &[
+            "--write-queue-soft-limit",
+            "16384",
+            "--write-queue-hard-limit",
+            "262144",
+            "--write-queue-soft-seconds",
+            "600",
+        ],
+        Duration::from_millis(1500),
+    );
 }
 
 #[test]
