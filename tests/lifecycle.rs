@@ -184,3 +184,15 @@ fn an_idle_server_sleeps_until_something_happens() {
     assert!(used < Duration::from_millis(500), "{used:?} of CPU in 2 s of idleness");
     assert_eq!(alice.call(req::ping()), Message::Pong);
 }
+
+#[test]
+fn listeners_on_loopback_start_without_a_plain_text_warning() {
+    // The warning is for plain text reachable from the network; loopback is the default and
+    // must not cry wolf (a non-loopback address cannot be used in tests).
+    let server = TestServer::start_with(&["--http-listen", "127.0.0.1:0"]);
+    let mut alice = server.user("alice");
+    assert_eq!(alice.call(req::ping()), Message::Pong);
+    let log = server.log();
+    assert!(log.contains("listening on"), "{log}");
+    assert!(!log.contains("plain text from the network") && !log.contains("in plain HTTP"), "{log}");
+}
