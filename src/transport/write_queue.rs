@@ -194,4 +194,40 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(q.queued_bytes(), 0);
     }
+
+    #[test]
+    fn a_shared_frame_is_queued_whole_and_not_after_the_seal() {
+        let frame: Rc<[u8]> = Rc::from(&[0, 0, 0, 2, 7, 8][..]);
+        let mut q = WriteQueue::default();
+        q.push_shared(&frame);
+        assert!(!q.is_empty());
+        assert_eq!(q.queued_bytes(), 6);
+        assert_eq!(q.front(), Some(&frame[..]));
+        q.advance(1);
+        q.seal_with(&[0, 0, 0, 1, 9]);
+        q.push_shared(&frame);
+        assert_eq!(q.queued_bytes(), 5 + 5);
+        assert_eq!(q.front(), Some(&[0, 0, 2, 7, 8, 0, 0, 0, 1, 9][..]));
+        q.advance(10);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn small_frames_share_one_owned_chunk_and_slices_start_at_the_offset() {
+        let frame: Rc<[u8]> = Rc::from(&[0, 0, 0, 1, 5][..]);
+        let mut q = WriteQueue::default();
+        q.push(&[0, 0, 0, 1, 1]);
+        q.push(&[0, 0, 0, 1, 2]);
+        q.push_shared(&frame);
+        q.advance(2);
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = q.slices(&mut slices);
+        assert_eq!(n, 2, "two small owned frames extend one chunk");
+        assert_eq!(&*slices[0], &[0, 1, 1, 0, 0, 0, 1, 2][..]);
+        assert_eq!(&*slices[1], &frame[..]);
+        assert_eq!(q.queued_bytes(), 8 + 5);
+        q.advance(8);
+        assert_eq!(q.queued_bytes(), 5, "popping a chunk begun on the wire");
+        assert_eq!(q.front(), Some(&frame[..]));
+    }
 }
