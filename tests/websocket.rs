@@ -122,6 +122,22 @@ fn each_violation_is_answered_with_its_close_code() {
 }
 
 #[test]
+fn a_message_as_large_as_the_largest_frame_is_read_as_frames() {
+    // A message may carry one frame of --max-frame bytes (its length field) and the 4-byte
+    // field itself; the frame's own limit then applies (FRAME_TOO_LARGE before login), not
+    // the WebSocket close 1009 that a longer message gets.
+    let (_server, port) = web_server(&["--max-frame", "65536"]);
+    let mut message = 65_536u32.to_be_bytes().to_vec();
+    message.push(op::PING);
+    message.resize(4 + 65_536, 0);
+    let mut socket = ws::open(port);
+    ws::send(&mut socket, true, BINARY, &message, true);
+    let error = ws::read(&mut socket).unwrap();
+    assert_eq!((error.opcode, error.payload[4]), (BINARY, op::ERROR));
+    assert_eq!(u16::from_be_bytes([error.payload[9], error.payload[10]]), code::FRAME_TOO_LARGE);
+}
+
+#[test]
 fn protocol_limits_and_the_login_timeout_apply_to_websocket_clients() {
     let (_server, port) = web_server(&["--login-timeout", "1"]);
     // A frame above the limit before login: FRAME_TOO_LARGE in a message, then a close frame.
