@@ -130,7 +130,12 @@ impl WriteQueue {
 
     /// Marks `written` bytes from the front as taken by the socket. An emptied queue gives its
     /// memory back: idle connections hold no buffers.
-    pub fn advance(&mut self, mut written: usize) {
+    pub fn advance(&mut self, written: usize) {
+        // A socket never takes more than it was given; were a caller to claim so, the loop
+        // below would spin on an empty queue, so the claim is clamped (and fails loudly in
+        // tests).
+        debug_assert!(written <= self.queued_bytes(), "{written} bytes written of {} queued", self.queued_bytes());
+        let mut written = written.min(self.queued_bytes());
         while written > 0 {
             let front_left = self.chunks.front().map_or(0, |c| c.bytes().len()) - self.offset;
             if written >= front_left {
