@@ -231,33 +231,20 @@ fn check_slow_reader_is_told_after(args: &[&str], pause: Duration) {
     eprintln!("bob read {} deliveries, then SLOW_READER", delivered.len());
 }
 
+/// Limits under which only the hard limit closes a reader: the soft one would take 600 s.
+const HARD_LIMIT_ONLY: [&str; 6] =
+    ["--write-queue-soft-limit", "16384", "--write-queue-hard-limit", "262144", "--write-queue-soft-seconds", "600"];
+
 #[test]
 fn a_reader_past_the_hard_limit_is_told_slow_reader_last() {
-    check_slow_reader_is_told(&[
-        "--write-queue-soft-limit",
-        "16384",
-        "--write-queue-hard-limit",
-        "262144",
-        "--write-queue-soft-seconds",
-        "600",
-    ]);
+    check_slow_reader_is_told(&HARD_LIMIT_ONLY);
 }
 
 #[test]
 fn a_closed_slow_reader_that_reads_late_within_the_linger_still_gets_every_frame() {
     // Closed, the connection lingers up to --write-queue-soft-seconds (600 s here) for its
     // last frames; bob starts reading after more than one sweep (at most a second apart).
-    check_slow_reader_is_told_after(
-        &[
-            "--write-queue-soft-limit",
-            "16384",
-            "--write-queue-hard-limit",
-            "262144",
-            "--write-queue-soft-seconds",
-            "600",
-        ],
-        Duration::from_millis(1500),
-    );
+    check_slow_reader_is_told_after(&HARD_LIMIT_ONLY, Duration::from_millis(1500));
 }
 
 #[test]
