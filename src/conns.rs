@@ -183,7 +183,6 @@ impl Conns {
         }
     }
 
-    /// Notes that the socket can take bytes again.
     /// The poll reported that the peer of `token` closed its end, or an error.
     pub fn note_hang_up(&mut self, token: usize) {
         if let Some(conn) = self.slab.get_mut(token) {
@@ -191,6 +190,7 @@ impl Conns {
         }
     }
 
+    /// Notes that the socket can take bytes again.
     pub fn mark_writable(&mut self, token: usize) {
         self.dirty.insert(token);
     }

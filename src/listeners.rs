@@ -83,50 +83,15 @@ impl Listeners {
     /// Accepts for every listener whose clients wait for a descriptor: they get no event of
     /// their own.
     pub fn retry_waiting(&mut self, now: Instant, registry: &Registry, conns: &mut Conns, core: &mut Core) {
-        for index in 0..self.list.len() {
-            if self.list[index].acceptor.retry_in().is_some() {
-                self.accept_all(self.list[index].token, now, registry, conns, core);
-            }
+        for listener in self.list.iter_mut().filter(|l| l.acceptor.retry_in().is_some()) {
+            listener.accept_all(now, registry, conns, core);
         }
     }
 
-    /// Takes every waiting connection of the listener `token`. One over `--max-connections`
-    /// is still taken, to be told `SERVER_FULL` through its own transport (over TLS too) and
-    /// closed once that is written.
+    /// Takes every waiting connection of the listener `token`.
     pub fn accept_all(&mut self, token: Token, now: Instant, registry: &Registry, conns: &mut Conns, core: &mut Core) {
-        let Some(listener) = self.list.iter_mut().find(|l| l.token == token) else { return };
-        while let Some((mut socket, addr)) = listener.acceptor.next(now) {
-            if let Err(e) = registry.register(&mut socket, Token(conns.next_token()), Interest::READABLE) {
-                log::error!("cannot register a connection: {e}");
-                continue;
-            }
-            let _ = socket.set_nodelay(true);
-            let stream = match &listener.tls {
-                None => Stream::Plain(socket),
-                Some(config) => match tls::TlsStream::new(socket, Arc::clone(config)) {
-                    Ok(tls) => Stream::Tls(Box::new(tls)),
-                    Err(e) => {
-                        log::error!("cannot start TLS for {addr}: {e}");
-                        continue;
-                    }
-                },
-            };
-            let full = conns.count() >= core.config.max_connections;
-            let token = conns.insert(Session::new(addr.ip(), now), Transport::new(stream, (listener.codec)()));
-            if !full {
-                log::debug!("connection {token} from {addr}");
-                continue;
-            }
-            log::warn!("refusing {addr}: {} connections open", conns.count() - 1);
-            let Some(conn) = conns.get_mut(token) else { continue };
-            if conn.transport.is_handshaking() {
-                // Told once its handshake is done (see `Server::read_conn`): bytes before it
-                // would not be read as a frame.
-                conn.session.refuse_when_ready();
-            } else {
-                core.outbox.error(token, 0, ErrorCode::ServerFull, "the server is full; try again later");
-                conns.close(token, CloseReason::ServerFull);
-            }
+        if let Some(listener) = self.list.iter_mut().find(|l| l.token == token) {
+            listener.accept_all(now, registry, conns, core);
         }
     }
 
@@ -151,6 +116,47 @@ impl Listeners {
     pub fn stop(&mut self, registry: &Registry) {
         for mut listener in self.list.drain(..) {
             let _ = registry.deregister(listener.acceptor.listener_mut());
+        }
+    }
+}
+
+impl Listener {
+    /// Takes every waiting connection. One over `--max-connections` is still taken, to be
+    /// told `SERVER_FULL` through its own transport (over TLS too) and closed once that is
+    /// written.
+    fn accept_all(&mut self, now: Instant, registry: &Registry, conns: &mut Conns, core: &mut Core) {
+        while let Some((mut socket, addr)) = self.acceptor.next(now) {
+            if let Err(e) = registry.register(&mut socket, Token(conns.next_token()), Interest::READABLE) {
+                log::error!("cannot register a connection: {e}");
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            let stream = match &self.tls {
+                None => Stream::Plain(socket),
+                Some(config) => match tls::TlsStream::new(socket, Arc::clone(config)) {
+                    Ok(tls) => Stream::Tls(Box::new(tls)),
+                    Err(e) => {
+                        log::error!("cannot start TLS for {addr}: {e}");
+                        continue;
+                    }
+                },
+            };
+            let full = conns.count() >= core.config.max_connections;
+            let token = conns.insert(Session::new(addr.ip(), now), Transport::new(stream, (self.codec)()));
+            if !full {
+                log::debug!("connection {token} from {addr}");
+                continue;
+            }
+            log::warn!("refusing {addr}: {} connections open", conns.count() - 1);
+            let Some(conn) = conns.get_mut(token) else { continue };
+            if conn.transport.is_handshaking() {
+                // Told once its handshake is done (see `Server::read_conn`): bytes before it
+                // would not be read as a frame.
+                conn.session.refuse_when_ready();
+            } else {
+                core.outbox.error(token, 0, ErrorCode::ServerFull, "the server is full; try again later");
+                conns.close(token, CloseReason::ServerFull);
+            }
         }
     }
 }
