@@ -60,16 +60,16 @@ impl Conn {
     /// page unread) for `--write-queue-soft-seconds`, is a slow reader.
     fn is_slow_reader(&mut self, config: &Config, now: Instant) -> bool {
         let queued = self.transport.queued_bytes();
-        if queued > config.write_queue_hard_limit {
-            return true;
-        }
-        let stalled_backlog = self.session.is_syncing() && queued >= BACKLOG_BUDGET;
-        if queued > config.write_queue_soft_limit || stalled_backlog {
-            let since = *self.over_soft_limit_since.get_or_insert(now);
-            now.duration_since(since) >= Duration::from_secs(config.write_queue_soft_seconds)
-        } else {
-            self.over_soft_limit_since = None;
-            false
+        match output_pressure(queued, self.session.is_syncing(), config) {
+            OutputPressure::OverHard => true,
+            OutputPressure::OverSoft => {
+                let since = *self.over_soft_limit_since.get_or_insert(now);
+                now.duration_since(since) >= Duration::from_secs(config.write_queue_soft_seconds)
+            }
+            OutputPressure::Within => {
+                self.over_soft_limit_since = None;
+                false
+            }
         }
     }
 
@@ -81,6 +81,29 @@ impl Conn {
         response::error(&mut frame, 0, ErrorCode::SlowReader, "the connection did not read what it was sent");
         self.transport.queue_last(&frame);
         self.session.close(CloseReason::SlowReader);
+    }
+}
+
+/// Where a connection's queued output stands against the output limits (PROTOCOL.md §7).
+#[derive(Debug, PartialEq)]
+enum OutputPressure {
+    Within,
+    /// The soft limit's clock runs.
+    OverSoft,
+    /// A slow reader at once.
+    OverHard,
+}
+
+/// A queue above the hard limit is over it at once; one above the soft limit, or a syncing
+/// connection's holding a whole backlog page (it has read nothing of the last one), starts the
+/// soft limit's clock. A backlog below a page is being read and never counts.
+fn output_pressure(queued: usize, syncing: bool, config: &Config) -> OutputPressure {
+    if queued > config.write_queue_hard_limit {
+        OutputPressure::OverHard
+    } else if queued > config.write_queue_soft_limit || (syncing && queued >= BACKLOG_BUDGET) {
+        OutputPressure::OverSoft
+    } else {
+        OutputPressure::Within
     }
 }
 
@@ -446,5 +469,41 @@ impl Conns {
             let _ = registry.deregister(conn.transport.socket());
             log::debug!("connection {token} closed: {:?}", conn.session.closing());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(soft: usize, hard: usize) -> Config {
+        let mut config = Config::with_defaults(([127, 0, 0, 1], 0).into(), "unused.db".into());
+        config.write_queue_soft_limit = soft;
+        config.write_queue_hard_limit = hard;
+        config
+    }
+
+    #[test]
+    fn a_queue_is_over_a_limit_only_once_it_passes_it() {
+        let config = limits(1_000_000, 4_000_000);
+        assert_eq!(output_pressure(1_000_000, false, &config), OutputPressure::Within);
+        assert_eq!(output_pressure(1_000_001, false, &config), OutputPressure::OverSoft);
+        assert_eq!(output_pressure(4_000_000, false, &config), OutputPressure::OverSoft);
+        assert_eq!(output_pressure(4_000_001, false, &config), OutputPressure::OverHard);
+        assert_eq!(output_pressure(4_000_001, true, &config), OutputPressure::OverHard);
+    }
+
+    /// PROTOCOL.md §7: a connection receiving its backlog holds at most 128 KiB of it queued;
+    /// holding all of it unread starts the soft limit's clock, holding less is reading.
+    #[test]
+    fn a_backlog_counts_against_the_soft_limit_only_when_a_whole_page_waits_unread() {
+        let config = limits(1_000_000, 4_000_000);
+        assert_eq!(output_pressure(0, true, &config), OutputPressure::Within);
+        assert_eq!(output_pressure(4096, true, &config), OutputPressure::Within);
+        assert_eq!(output_pressure(128 * 1024 - 1, true, &config), OutputPressure::Within);
+        assert_eq!(output_pressure(128 * 1024, true, &config), OutputPressure::OverSoft);
+        // The same bytes queued for a connection that is not syncing are answers and pushes,
+        // held to the soft limit alone.
+        assert_eq!(output_pressure(128 * 1024, false, &config), OutputPressure::Within);
     }
 }

@@ -143,6 +143,8 @@ impl Outbox {
             }
         }
         self.buf.clear();
+        // A batch that staged more than a megabyte (a large fan-out) gives it back, so that
+        // one burst does not keep an idle server's memory; the next batch starts at 64 KiB.
         if self.buf.capacity() > 1 << 20 {
             self.buf.shrink_to(1 << 16);
         }
@@ -171,6 +173,25 @@ mod tests {
         assert_eq!(got[0].1, crate::protocol::opcode::PONG);
         assert_eq!(got[1].1, crate::protocol::opcode::ERROR);
         assert_eq!(&got[1].2[9..11], &[0, 24]);
+        assert!(o.is_empty());
+    }
+
+    fn stage_bytes(o: &mut Outbox, n: usize) {
+        o.begin_command();
+        o.stage(2, FrameKind::Item { id: 1 }, |b| b.resize(b.len() + n, 0));
+        o.end_command(false);
+    }
+
+    #[test]
+    fn a_drain_keeps_a_buffer_up_to_a_megabyte_and_gives_back_a_larger_one() {
+        let mut o = Outbox::default();
+        o.buf.reserve_exact(1 << 20);
+        stage_bytes(&mut o, 100_000);
+        o.drain(true, |_, _, _, _| {});
+        assert_eq!(o.buf.capacity(), 1 << 20, "a buffer of exactly a megabyte is kept");
+        stage_bytes(&mut o, 2 << 20);
+        o.drain(true, |_, _, bytes, _| assert_eq!(bytes.len(), 2 << 20));
+        assert_eq!(o.buf.capacity(), 1 << 16, "a larger one shrinks to 64 KiB");
         assert!(o.is_empty());
     }
 }

@@ -156,7 +156,7 @@ impl Backlog {
             self.loaded_to = up_to;
         }
         while out.len() < budget {
-            let want = ((budget - out.len()) / self.average_item.max(1)).clamp(1, MAX_ROWS_PER_FETCH);
+            let want = rows_per_fetch(budget, out.len(), self.average_item);
             let batch = self.next_ids(store, want, up_to)?;
             let Some(&(last, _)) = batch.last() else {
                 self.read_to = self.read_to.max(up_to);
@@ -232,7 +232,7 @@ impl Backlog {
             };
             self.sources.push(source);
         }
-        self.ids_per_load = (IDS_PER_LOAD / self.sources.len().max(1)).clamp(8, 256);
+        self.ids_per_load = ids_per_load(self.sources.len());
         self.heads = self.sources.iter().enumerate().filter_map(|(i, s)| Some(Reverse((*s.ids.front()?, i)))).collect();
         // Sources that were exhausted are loaded again on the next fill.
         self.loaded_to = 0;
@@ -333,5 +333,40 @@ impl Backlog {
             _ => return false,
         }
         true
+    }
+}
+
+/// How many rows one fetch asks for: as many as the budget left holds at the average encoded
+/// size so far, at least one, at most [`MAX_ROWS_PER_FETCH`].
+fn rows_per_fetch(budget: usize, filled: usize, average_item: usize) -> usize {
+    ((budget - filled) / average_item.max(1)).clamp(1, MAX_ROWS_PER_FETCH)
+}
+
+/// How many ids each source loads at a time: [`IDS_PER_LOAD`] shared among the sources, so a
+/// user in a thousand groups holds as many ids in memory as one in a single conversation,
+/// within 8..=256 per source.
+fn ids_per_load(sources: usize) -> usize {
+    (IDS_PER_LOAD / sources.max(1)).clamp(8, 256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetch_asks_for_what_the_budget_left_holds() {
+        assert_eq!(rows_per_fetch(10_000, 2_000, 100), 80);
+        assert_eq!(rows_per_fetch(128 * 1024, 0, 256), 256, "at most MAX_ROWS_PER_FETCH");
+        assert_eq!(rows_per_fetch(1_000, 990, 256), 1, "at least one row");
+        assert_eq!(rows_per_fetch(1_000, 0, 0), 256, "no average yet counts as one byte");
+    }
+
+    #[test]
+    fn the_ids_held_are_shared_among_the_sources() {
+        assert_eq!(ids_per_load(0), 256);
+        assert_eq!(ids_per_load(1), 256);
+        assert_eq!(ids_per_load(32), 128);
+        assert_eq!(ids_per_load(100), 40);
+        assert_eq!(ids_per_load(1000), 8);
     }
 }
