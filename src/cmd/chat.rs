@@ -6,7 +6,6 @@ use crate::protocol::ErrorCode;
 use crate::protocol::response::{self, Conversation, Delivery, Receipt};
 use crate::store::{Channel, MessageId, MessageKind, NewMessage, UserId};
 use crate::world::{Token, Undelivered};
-use std::rc::Rc;
 
 /// Answers a retry with its original `SENT`. If the original is still in the uncommitted
 /// transaction, the answer waits for the commit like the original's.
@@ -63,10 +62,10 @@ pub(super) fn fan_out(
         ([], 0 | 1) => {}
         (&[only], 0 | 1) => outbox.stage(only, item, |b| response::deliver(b, delivery)),
         _ => {
-            let mut buf = Vec::new();
-            response::deliver(&mut buf, delivery);
-            let frame: Rc<[u8]> = buf.into();
-            outbox.stage_shared(recipients.iter().copied().chain(own), item, &frame);
+            let mut frame = Vec::new();
+            response::deliver(&mut frame, delivery);
+            let id = delivery.message_id as MessageId;
+            outbox.stage_fan_out(recipients.iter().copied().chain(own).collect(), origin, id, &frame);
         }
     }
 }
