@@ -174,3 +174,44 @@ fn users_on_websockets_chat_with_users_on_tcp() {
     alice.call(req::send("bob", 1, &long)).sent();
     assert_eq!(bob.push().deliver().body, long);
 }
+
+/// A sender's pipelined group messages are joined into one shared chunk per member (issue
+/// 13): each member still receives every message as its own frame (over WebSocket, its own
+/// binary message; the pump checks one frame per message), in id order, and the sender's
+/// other device gets its copies in the same order.
+#[test]
+fn pipelined_group_messages_reach_every_member_whole_and_in_order() {
+    let (server, port) = web_server(&[]);
+    server.register_all(&["alice", "bob", "carol"]);
+    let mut alice = server.device("alice");
+    befriend_offline(&server, &mut alice, &["bob", "carol"]);
+    let mut alice_laptop = server.device("alice");
+    let mut bob = server.device("bob");
+    let mut carol = ws::connect(port);
+    carol.hello();
+    carol.login("carol");
+    assert!(carol.sync().is_empty());
+    let group_id = alice.call(req::group_create("g")).group_id();
+    for name in ["bob", "carol"] {
+        assert_eq!(alice.call(req::group_invite(group_id, name)), Message::Ok);
+    }
+    for client in [&mut alice, &mut alice_laptop, &mut bob, &mut carol] {
+        client.barrier();
+    }
+
+    let sends: Vec<Request> = (1..=40).map(|n| req::group_send(group_id, n, &format!("message {n}"))).collect();
+    let ids: Vec<u64> = alice.pipeline(&sends).iter().map(|reply| reply.sent().0).collect();
+    let expected: Vec<(u64, String)> = ids.iter().zip(1..).map(|(&id, n)| (id, format!("message {n}"))).collect();
+    for (name, member) in [("alice's laptop", &mut alice_laptop), ("bob", &mut bob), ("carol", &mut carol)] {
+        let got: Vec<(u64, String)> = (0..40)
+            .map(|_| {
+                let push = member.push();
+                (push.item_id().expect("an item"), push.deliver().body.clone())
+            })
+            .collect();
+        assert_eq!(got, expected, "{name}");
+        assert_eq!(member.call(req::ack(ids[39])), Message::Ok, "{name}");
+        member.assert_quiet();
+    }
+    alice.assert_quiet();
+}
