@@ -138,7 +138,7 @@ impl Backlog {
     /// Appends items to `out` until it holds at least `budget` bytes or the backlog has
     /// caught up with the newest id in the store. Returns true when caught up: `SYNC_DONE`
     /// has been appended, and the connection receives live items from now on.
-    pub fn fill(&mut self, store: &Store, out: &mut Vec<u8>, budget: usize) -> StoreResult<bool> {
+    pub fn fill(&mut self, store: &mut Store, out: &mut Vec<u8>, budget: usize) -> StoreResult<bool> {
         let up_to = store.last_message_id();
         if !self.started {
             self.started = true;

@@ -120,22 +120,14 @@ impl Store {
     /// Stores a message in the iteration's transaction and returns its new id.
     pub fn insert_message(&mut self, m: &NewMessage) -> StoreResult<MessageId> {
         let id = self.next_message_id;
-        self.write(|db| {
-            db.prepare_cached(
-                "INSERT INTO messages (id, channel, sender, client_msg_id, kind, sent_at, body, device)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                id,
-                m.channel.0,
-                m.sender,
-                m.client_msg_id as i64,
-                m.kind.to_column(),
-                m.sent_at,
-                m.body,
-                m.device
-            ])
-        })?;
+        // The row is inserted with its neighbours (see `pending.rs`), at the latest before
+        // the COMMIT; the id is assigned here, so the answers and pushes can name it now.
+        // Opens the transaction and counts the write, so the answers wait for the commit.
+        self.write(|_| Ok(()))?;
+        self.pending.push(id, m, m.kind.to_column());
+        if self.pending.is_full() {
+            self.insert_pending()?;
+        }
         self.tail.push(m.channel, id);
         self.next_message_id += 1;
         if m.kind == MessageKind::Text {
@@ -166,7 +158,8 @@ impl Store {
     /// Ids of direct messages to `user` that no device of theirs has acknowledged, ascending;
     /// at most `cap + 1` of them per conversation, so that a list longer than `cap` says "the
     /// queue is full, and this list may be incomplete".
-    pub fn undelivered_direct(&self, user: UserId, cap: usize) -> StoreResult<Vec<MessageId>> {
+    pub fn undelivered_direct(&mut self, user: UserId, cap: usize) -> StoreResult<Vec<MessageId>> {
+        self.insert_pending()?;
         let after = self.most_advanced_position(user)?;
         let mut sender = self.db.prepare_cached("SELECT sender FROM messages WHERE id = ?1")?;
         let mut ids = Vec::new();
@@ -192,7 +185,7 @@ impl Store {
     /// bodies pass `max_bytes` (always at least one message). Events and receipts stored in
     /// the same conversation are skipped.
     pub fn history(
-        &self,
+        &mut self,
         channel: Channel,
         direction: HistoryDirection,
         anchor: MessageId,
@@ -269,7 +262,8 @@ impl Store {
     /// The rows with the given ascending ids, whatever their conversations. When the ids are
     /// dense in their range (a conversation that had the server to itself, as in a long
     /// offline backlog) one range scan reads them; otherwise each is looked up by id.
-    pub fn rows_with_ids(&self, ids: &[MessageId]) -> StoreResult<Vec<BacklogRow>> {
+    pub fn rows_with_ids(&mut self, ids: &[MessageId]) -> StoreResult<Vec<BacklogRow>> {
+        self.insert_pending()?;
         let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return Ok(Vec::new()) };
         let mut rows = Vec::with_capacity(ids.len());
         if reads_as_one_range(first, last, ids.len()) {

@@ -11,6 +11,7 @@ mod contacts;
 mod devices;
 mod groups;
 mod messages;
+mod pending;
 mod posting;
 mod schema;
 mod stats;
@@ -125,6 +126,8 @@ pub struct Store {
     /// COMMIT times and the storing rate, for `im-server ctl stats`.
     pub stats: StoreStats,
     tail: posting::Tail,
+    /// Messages of the open transaction not yet inserted ([`pending`]).
+    pending: pending::PendingRows,
     crash_markers: bool,
     crash_at: Option<CrashPoint>,
     /// Tail length at which posting lists are written as blocks ([`posting::FLUSH_AT`]).
@@ -168,6 +171,7 @@ impl Store {
             uncommitted_messages: 0,
             stats: StoreStats::default(),
             tail,
+            pending: pending::PendingRows::default(),
             crash_markers: std::env::var(CRASH_MARKERS_ENV).is_ok_and(|v| v == "1"),
             crash_at: None,
             flush_at: posting::FLUSH_AT,
@@ -216,6 +220,19 @@ impl Store {
         result
     }
 
+    /// Inserts the messages still pending ([`pending`]); a failure marks the transaction
+    /// failed like any write's. Every read of the messages table and the commit call it.
+    fn insert_pending(&mut self) -> StoreResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.pending.insert_into(&self.db).map_err(StoreError);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
     /// Counts writes so far; the outbox compares it around a command to know whether that
     /// command's answers wait for the commit.
     pub fn write_count(&self) -> u64 {
@@ -237,6 +254,11 @@ impl Store {
         self.in_transaction = false;
         let crash_at = self.crash_at.take();
         let messages = std::mem::take(&mut self.uncommitted_messages);
+        if self.failed {
+            self.pending.clear();
+        } else if let Err(e) = self.insert_pending() {
+            log::error!("storing the batch's messages failed: {e}");
+        }
         if !self.failed {
             if crash_at == Some(CrashPoint::BeforeCommit) {
                 log::warn!("test crash point: aborting before COMMIT");

@@ -570,3 +570,62 @@ fn users_are_listed_by_a_literal_substring_ignoring_case() {
     assert_eq!(names("%", 10), (vec![], 0));
     assert_eq!(names("", 10).1, 4);
 }
+
+/// Message rows are inserted 32 at a time (`pending.rs`), but every read of the open
+/// transaction sees each message stored before it: backlog rows, history pages and the
+/// offline queue, at any count of rows waiting (none, a partial set, a full set and more).
+#[test]
+fn messages_not_yet_inserted_are_read_back_in_their_own_transaction() {
+    let (_dir, mut store, _) = filled(1000, 0, 1);
+    store.make_friends(1, 2, 0).unwrap();
+    assert!(store.finish_iteration());
+    let channel = Channel::direct(1, 2);
+    let mut sent = Vec::new();
+    for n in 0..75 {
+        sent.push(send(&mut store, 1, 2, &format!("m{n}")));
+        if [1, 31, 32, 33, 64, 74].contains(&n) {
+            let rows = store.rows_with_ids(&sent).unwrap();
+            assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), sent, "rows after {} sends", n + 1);
+            assert_eq!(rows.last().unwrap().body, format!("m{n}").as_bytes());
+            assert_eq!(store.undelivered_direct(2, 1000).unwrap(), sent, "offline queue after {} sends", n + 1);
+            let page = store.history(channel, HistoryDirection::Older, 0, 200, usize::MAX).unwrap();
+            assert_eq!(page.rows.len(), n + 1);
+            assert_eq!(page.rows[0].body, format!("m{n}").as_bytes());
+        }
+    }
+    assert!(store.finish_iteration());
+    let page = store.history(channel, HistoryDirection::Newer, 0, 200, usize::MAX).unwrap();
+    let stored: Vec<(MessageId, Vec<u8>)> = page.rows.into_iter().map(|r| (r.id, r.body)).collect();
+    let expected: Vec<(MessageId, Vec<u8>)> =
+        sent.iter().enumerate().map(|(n, &id)| (id, format!("m{n}").into_bytes())).collect();
+    assert_eq!(stored, expected);
+}
+
+/// A row that fails when it is finally inserted (here at the commit) fails its batch like
+/// any write: nothing of the batch is stored, and the next batch is stored normally.
+#[test]
+fn a_message_row_that_fails_at_the_commit_rolls_back_its_batch() {
+    let (_dir, mut store, _) = filled(1000, 0, 1);
+    store.make_friends(1, 2, 0).unwrap();
+    assert!(store.finish_iteration());
+    store
+        .write(|db| {
+            db.execute_batch(
+                "CREATE TRIGGER refuse AFTER INSERT ON messages WHEN CAST(NEW.body AS TEXT) = 'refused'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+        })
+        .unwrap();
+    assert!(store.finish_iteration());
+    let channel = Channel::direct(1, 2);
+    send(&mut store, 1, 2, "kept back");
+    send(&mut store, 1, 2, "refused");
+    assert!(!store.has_failed(), "the rows wait to be inserted");
+    assert!(!store.finish_iteration());
+    store.begin_batch();
+    assert_eq!(store.ids_after(channel, 0, MessageId::MAX, 100).unwrap(), vec![]);
+    let later = send(&mut store, 1, 2, "later");
+    assert!(store.finish_iteration());
+    let page = store.history(channel, HistoryDirection::Older, 0, 200, usize::MAX).unwrap();
+    assert_eq!(page.rows.iter().map(|r| (r.id, r.body.as_slice())).collect::<Vec<_>>(), vec![(later, &b"later"[..])]);
+}
