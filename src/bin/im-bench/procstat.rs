@@ -22,13 +22,22 @@ impl Process {
 
     /// User plus system CPU time so far, in ticks (fields 14 and 15 of `stat`).
     pub fn cpu_ticks(self) -> Option<u64> {
-        let stat = std::fs::read_to_string(self.path("stat")).ok()?;
-        // The command name may hold spaces and parentheses: fields start after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(utime + stime)
+        let fields = stat_fields(&self.path("stat"))?;
+        Some(field(&fields, 11)? + field(&fields, 12)?)
+    }
+
+    /// CPU time so far of the process and of its child processes, in ticks: its own, its
+    /// children's that have ended (fields 16 and 17 of `stat`) and those of the children still
+    /// running. A server's forks (Redis rewriting its append-only file) are its own work, not
+    /// other work on the machine.
+    pub fn family_cpu_ticks(self) -> Option<u64> {
+        let fields = stat_fields(&self.path("stat"))?;
+        let own = field(&fields, 11)? + field(&fields, 12)? + field(&fields, 13)? + field(&fields, 14)?;
+        let pid = match self {
+            Process::Pid(pid) => pid,
+            Process::Myself => std::process::id(),
+        };
+        Some(own + live_children_ticks(pid))
     }
 
     /// `VmRSS` of `status`, in KiB.
@@ -43,24 +52,61 @@ impl Process {
 #[derive(Debug, Clone, Copy)]
 pub struct CpuWindow {
     process: Process,
+    /// Whether the process's children count as its own (the server's do).
+    family: bool,
     start_ticks: Option<u64>,
     start: Instant,
 }
 
 impl CpuWindow {
     pub fn start(process: Process) -> Self {
-        CpuWindow { process, start_ticks: process.cpu_ticks(), start: Instant::now() }
+        CpuWindow { process, family: false, start_ticks: process.cpu_ticks(), start: Instant::now() }
+    }
+
+    /// A window over the process and its child processes.
+    pub fn start_family(process: Process) -> Self {
+        CpuWindow { process, family: true, start_ticks: process.family_cpu_ticks(), start: Instant::now() }
+    }
+
+    fn ticks(&self) -> Option<u64> {
+        if self.family { self.process.family_cpu_ticks() } else { self.process.cpu_ticks() }
     }
 
     /// Percent of one core used since the start (100 = one core busy all the time).
     pub fn percent(&self) -> Option<f64> {
-        let end = self.process.cpu_ticks()?;
+        let end = self.ticks()?;
         let elapsed = self.start.elapsed().as_secs_f64();
         if elapsed <= 0.0 {
             return None;
         }
         Some((end - self.start_ticks?) as f64 / TICKS_PER_SECOND / elapsed * 100.0)
     }
+}
+
+/// The fields of a `stat` file after the command name (which may hold spaces and parentheses,
+/// so the fields start after the last ')'): index 0 is the state, 1 the parent's pid.
+fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace().map(str::to_string).collect())
+}
+
+fn field(fields: &[String], index: usize) -> Option<u64> {
+    fields.get(index)?.parse().ok()
+}
+
+/// CPU ticks of the running children of `parent` (and of their ended children).
+fn live_children_ticks(parent: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let parent = parent.to_string();
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|pid| stat_fields(&format!("/proc/{pid}/stat")))
+        .filter(|fields| fields.get(1) == Some(&parent))
+        .filter_map(|fields| {
+            Some(field(&fields, 11)? + field(&fields, 12)? + field(&fields, 13)? + field(&fields, 14)?)
+        })
+        .sum()
 }
 
 /// Busy time of the whole machine so far, in ticks summed over every CPU (`/proc/stat`).
@@ -92,7 +138,7 @@ pub struct CpuPair {
 impl CpuPair {
     pub fn start(server_pid: Option<u32>) -> Self {
         CpuPair {
-            server: server_pid.map(|pid| CpuWindow::start(Process::Pid(pid))),
+            server: server_pid.map(|pid| CpuWindow::start_family(Process::Pid(pid))),
             bench: CpuWindow::start(Process::Myself),
             machine_start: machine_busy_ticks(),
         }
@@ -121,5 +167,25 @@ mod tests {
         assert!(Process::Myself.rss_kib().unwrap() > 0);
         assert!(Process::Pid(std::process::id()).rss_kib().is_some());
         assert!(machine_busy_ticks().is_some());
+    }
+
+    /// A child's CPU time counts as its parent's: the bench's own, while a busy child runs
+    /// and after it has ended.
+    #[test]
+    fn a_childs_cpu_time_counts_as_its_parents() {
+        let before = Process::Myself.family_cpu_ticks().unwrap();
+        let mut child = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+        // The child's ticks show up while it runs (within a generous deadline on a busy machine).
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        let mut running = before;
+        while running < before + 20 && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            running = Process::Myself.family_cpu_ticks().unwrap();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let ended = Process::Myself.family_cpu_ticks().unwrap();
+        assert!(running >= before + 20, "a running child's ticks: {before} then {running}");
+        assert!(ended >= running, "an ended child's ticks stay counted: {running} then {ended}");
     }
 }
