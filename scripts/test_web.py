@@ -14,8 +14,10 @@ a friend request accepted, another declined; chat both ways, each sent message g
 sending -> sent -> read; bob closes his page while alice writes, comes back to the login form
 (no "remember me"), logs in and finds the messages counted unread; a group created, a friend
 invited, messages both ways; alice's reload keeps her session; a long absence (SYNC_GAP) read
-from HISTORY; a long conversation read back page by page; the server restarted while alice
-has a message to send, which arrives once after the page reconnects; bob logs out and a
+from HISTORY; a long conversation read back page by page; alice's devices listed and her
+phone removed (its connection told NO_SUCH_DEVICE and closed); the server restarted while
+alice has a message to send, which arrives once after the page reconnects; alice removes bob
+as a friend (bob's page is told) and they become friends again; bob logs out and a
 reload shows the login form; a third browser uses the TLS listener (https page, wss socket,
 a certificate from scripts/make-cert.sh; skipped without openssl); no errors in any console.
 Screenshots of both browsers at desktop and at phone width go to `--screenshots DIR`
@@ -764,6 +766,66 @@ class Scenario:
         finally:
             laptop.close()
 
+    def step_devices(self):
+        # alice's phone (imclient) is online while her page lists her devices: the browser is
+        # "this device", with no Remove; the phone is removed with two clicks, and its
+        # connection is told NO_SUCH_DEVICE and closed.
+        phone_id = self.alice_phone_device.device_id
+        row = "[data-test=device-%d]" % phone_id
+        remove = "[data-test=device-remove-%d]" % phone_id
+        with self.server.client() as phone:
+            phone.login("alice", PASSWORDS["alice"], device=self.alice_phone_device)
+            self.alice.click("[data-test=devices]")
+            self.alice.wait_for(row)
+            self.alice.wait_text("[data-test=device-seen-%d]" % phone_id, "online now")
+            check(self.alice.text(row + " .device-name") == self.alice_phone_device.name,
+                  "the phone's row: %r" % self.alice.text(row))
+            mine = self.alice.run(
+                "return [...document.querySelectorAll('[data-test=device-list] li')]"
+                ".filter((li) => li.querySelector('.device-seen').textContent === 'this device')"
+                ".map((li) => !!li.querySelector('button'));")
+            check(mine == [False], "this browser's row, with a Remove button or not: %s" % mine)
+            self.shoot(self.alice, "devices")
+            self.alice.click(remove)
+            check(self.alice.run("return !!document.querySelector(arguments[0]);", row),
+                  "one click removed the device without asking")
+            self.alice.click(remove)
+            self.alice.wait("return !document.querySelector(arguments[0]);", "the phone to leave the list", row)
+            frames = phone.wait_closed(timeout=WAIT_TIMEOUT)
+            told = [f for f in frames if f.name == "ERROR" and f.is_push]
+            check([f["code"] for f in told] == [imclient.ERROR_CODES["NO_SUCH_DEVICE"]],
+                  "the phone was told %s" % [(f.name, f.fields) for f in frames])
+        self.alice.click("[data-test=devices-close]")
+        check(self.alice.run("return document.getElementById('devices').hidden;"), "the panel stayed open")
+
+    def step_remove_friend(self):
+        # alice ends the friendship from the conversation's header (asked twice): the
+        # conversation leaves her list, and bob's page shows alice as not a friend.
+        self.open_conversation(self.alice, "[data-test=conversation-bob]")
+        self.open_conversation(self.bob, "[data-test=conversation-alice]")
+        self.alice.click("[data-test=friend-remove]")
+        check(self.alice.run("return !!document.querySelector('[data-test=conversation-bob]');"),
+              "one click removed the friend without asking")
+        self.alice.click("[data-test=friend-remove]")
+        self.alice.wait("return !document.querySelector('[data-test=conversation-bob]');",
+                        "bob to leave alice's list")
+        self.bob.wait_text("[data-test=conversation-status]", "not a friend")
+        check(self.bob.run("return document.querySelector('[data-test=friend-remove]').hidden;"),
+              "bob's page offers to remove a friend he no longer has")
+        with self.server.client() as check_client:
+            check_client.login("bob", PASSWORDS["bob"], device=self.bob_phone_device)
+            friends = check_client.friend_list()
+            check(not friends["friends"], "bob's friends on the server: %s" % friends.fields)
+        # Friends again: alice asks, bob accepts; the conversation and its history are back.
+        self.alice.type("[data-test=friend-name]", "bob")
+        self.alice.click("[data-test=friend-add]")
+        self.bob.wait_for("[data-test=request-accept-alice]")
+        self.bob.click("[data-test=request-accept-alice]")
+        self.alice.wait_for("[data-test=conversation-bob]")
+        self.open_conversation(self.alice, "[data-test=conversation-bob]")
+        self.alice.wait_message("and one after")
+        self.bob.wait_text("[data-test=conversation-status]", "online")
+
     def step_consoles_clean(self):
         # Failed WebSocket connections while the server was down are expected; anything else
         # (a script error, a CSP violation) is not.
@@ -789,7 +851,10 @@ class Scenario:
         ("a reload keeps the session with remember me", "step_reload_keeps_a_remembered_session"),
         ("a long absence: SYNC_GAP filled from HISTORY, counted unread", "step_long_absence"),
         ("scroll-back through HISTORY", "step_scroll_back"),
+        ("devices: listed, this one marked, another removed (asked twice) and logged out", "step_devices"),
         ("server restart: reconnect, the unsent message sent once", "step_reconnect_and_resend"),
+        ("removing a friend (asked twice); the other page is told; friends again",
+         "step_remove_friend"),
         ("logout: a reload shows the login form", "step_logout"),
         ("the TLS listener: the page over https, its socket over wss", "step_https_and_wss"),
         ("no errors in the browsers' consoles", "step_consoles_clean"),

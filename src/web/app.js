@@ -24,7 +24,7 @@ import {
   outboxKey, peerReadUpTo, saveOutbox, saveView, SESSION_KEY, state, storage, viewKey, viewOf,
 } from './state.js';
 import {
-  $, actions, notice, render, renderConversation, renderList, setConnection, setLoginBusy,
+  $, actions, notice, render, renderConversation, renderDevices, renderList, setConnection, setLoginBusy,
   setLoginStatus, showChat, showLogin,
 } from './view.js';
 
@@ -147,6 +147,7 @@ function resetUserState(username, remember) {
   state.groups.clear();
   state.convs.clear();
   state.current = null;
+  $('#devices').hidden = true;
   state.remember = remember;
   state.view = { convs: {}, peerRead: {}, gap: null };
   state.outbox = [];
@@ -679,6 +680,60 @@ async function invite(conv, name) {
   }
 }
 
+async function removeFriend(conv) {
+  if (!state.conn || !state.online) { notice('Not connected.'); return; }
+  const friend = state.friends.get(conv.peer);
+  if (!friend) return;
+  const answer = await act(state.conn.request(Op.FRIEND_REMOVE, { username: friend.name }),
+    `You and ${friend.name} are no longer friends.`);
+  if (!answer) return;
+  state.friends.delete(conv.peer);
+  if (state.current === conv.key) {
+    state.current = null;
+    document.body.classList.remove('show-conversation');
+  }
+  render();
+}
+
+async function showDevices() {
+  if (!state.conn || !state.online) { notice('Not connected.'); return; }
+  const answer = await act(state.conn.request(Op.DEVICE_LIST));
+  if (!answer) return;
+  renderDevices(answer.devices);
+  $('#devices').hidden = false;
+}
+
+async function removeDevice(device, button) {
+  if (!state.conn || !state.online) { notice('Not connected.'); return; }
+  confirmTwice(button, String(device.device_id), 'Remove? Click again', async () => {
+    const answer = await act(state.conn.request(Op.DEVICE_REMOVE, { device_id: device.device_id }),
+      `${device.name} was removed and logged out.`);
+    if (answer) await showDevices();
+  });
+}
+
+/**
+ * A button that destroys something asks for a second click within a few seconds instead of
+ * a blocking dialog: the first click turns its label into `question`.
+ */
+function confirmTwice(button, key, question, then) {
+  if (button.dataset.armed !== key) {
+    const label = button.dataset.label || button.textContent;
+    button.dataset.armed = key;
+    button.dataset.label = label;
+    button.textContent = question;
+    setTimeout(() => {
+      if (button.dataset.armed !== key) return;
+      delete button.dataset.armed;
+      button.textContent = label;
+    }, 4000);
+    return;
+  }
+  delete button.dataset.armed;
+  button.textContent = button.dataset.label;
+  then();
+}
+
 async function leaveGroup(conv) {
   if (!state.conn || !state.online) { notice('Not connected.'); return; }
   const answer = await act(state.conn.request(Op.GROUP_LEAVE, { group_id: conv.groupId }),
@@ -730,21 +785,18 @@ function wire() {
     const name = input.value.trim();
     if (name) { input.value = ''; createGroup(name); }
   });
-  // Leaving asks for a second click (within a few seconds) instead of a blocking dialog.
   const leave = $('[data-test=group-leave]');
   leave.addEventListener('click', () => {
     const conv = state.current && state.convs.get(state.current);
-    if (!conv || !conv.group) return;
-    if (leave.dataset.armed !== conv.key) {
-      leave.dataset.armed = conv.key;
-      leave.textContent = 'Leave? Click again';
-      setTimeout(() => { delete leave.dataset.armed; leave.textContent = 'Leave'; }, 4000);
-      return;
-    }
-    delete leave.dataset.armed;
-    leave.textContent = 'Leave';
-    leaveGroup(conv);
+    if (conv && conv.group) confirmTwice(leave, conv.key, 'Leave? Click again', () => leaveGroup(conv));
   });
+  const unfriend = $('[data-test=friend-remove]');
+  unfriend.addEventListener('click', () => {
+    const conv = state.current && state.convs.get(state.current);
+    if (conv && !conv.group) confirmTwice(unfriend, conv.key, 'Remove? Click again', () => removeFriend(conv));
+  });
+  $('[data-test=devices]').addEventListener('click', showDevices);
+  $('[data-test=devices-close]').addEventListener('click', () => { $('#devices').hidden = true; });
   $('#invite-form').addEventListener('submit', (event) => {
     event.preventDefault();
     const name = $('[data-test=invite-name]').value;
@@ -805,6 +857,7 @@ function wire() {
 async function start() {
   actions.openConversation = openConversation;
   actions.answerRequest = answerRequest;
+  actions.removeDevice = removeDevice;
   wire();
   const kept = storage.get(SESSION_KEY);
   if (kept && kept.username && scram.available()) {

@@ -6,7 +6,10 @@ import { conversation, directKey, groupKey, lower, state, viewOf } from './state
 
 const NOTICE_MS = 6000;
 
-/** What the list's buttons do, set by app.js: `openConversation(key)`, `answerRequest(name, accept)`. */
+/**
+ * What the list's buttons do, set by app.js: `openConversation(key)`, `answerRequest(name,
+ * accept)`, `removeDevice(device, button)`.
+ */
 export const actions = {};
 
 export const $ = (selector) => document.querySelector(selector);
@@ -162,6 +165,7 @@ function renderConversationHeader() {
   const inviteForm = $('#invite-form');
   inviteForm.hidden = !conv.group || conv.groupId === 1n;
   $('[data-test=group-leave]').hidden = inviteForm.hidden;
+  $('[data-test=friend-remove]').hidden = conv.group || !state.friends.has(conv.peer);
   if (!inviteForm.hidden) {
     // Rebuilt only when the friends change, so an open drop-down is left alone.
     const select = $('[data-test=invite-name]');
@@ -173,6 +177,24 @@ function renderConversationHeader() {
         ...names.map((name) => el('option', { value: name, selected: name === chosen }, name)));
     }
   }
+}
+
+/** The devices of `DEVICE_LIST_RESULT`, most recently seen first; this one cannot be removed. */
+export function renderDevices(devices) {
+  const rows = devices.map((device) => {
+    const id = String(device.device_id);
+    const seen = device.current === 1 ? 'this device'
+      : device.online === 1 ? 'online now' : `last seen ${formatTime(device.last_seen_ms)}`;
+    return el('li', { class: 'device', 'data-test': `device-${id}`, 'data-name': device.name },
+      el('span', { class: 'device-text' },
+        el('span', { class: 'device-name' }, device.name),
+        el('span', { class: 'device-seen', 'data-test': `device-seen-${id}` }, seen)),
+      device.current === 1 ? null : el('button', {
+        type: 'button', class: 'small', 'data-test': `device-remove-${id}`,
+        onclick: (event) => actions.removeDevice(device, event.currentTarget),
+      }, 'Remove'));
+  });
+  $('[data-test=device-list]').replaceChildren(...rows);
 }
 
 function formatTime(timestamp) {
