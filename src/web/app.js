@@ -532,7 +532,9 @@ async function fillGap(gap) {
   }
   state.view.gap = null;
   saveView();
-  notice(`You were away a long time: ${found} more messages were read from history.`);
+  // Messages this page had already shown (or counted) are not news: say so only when some are.
+  notice(found === 0 ? 'You were away a long time: your conversations were brought up to date from history.'
+    : `You were away a long time: ${found} more message${found === 1 ? ' was' : 's were'} read from history.`);
 }
 
 // ---------------------------------------------------------------------------------------------
