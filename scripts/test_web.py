@@ -17,9 +17,11 @@ invited, messages both ways; alice's reload keeps her session; a long absence (S
 from HISTORY; a long conversation read back page by page; alice's devices listed and her
 phone removed (its connection told NO_SUCH_DEVICE and closed); the server restarted while
 alice has a message to send, which arrives once after the page reconnects; alice removes bob
-as a friend (bob's page is told) and they become friends again; bob logs out and a
-reload shows the login form; a third browser uses the TLS listener (https page, wss socket,
-a certificate from scripts/make-cert.sh; skipped without openssl); no errors in any console.
+as a friend (bob's page is told) and they become friends again; alice changes her password
+(a wrong one refused, her phone logged out, a reload logs in with the new keys); bob logs out
+and a reload shows the login form; a third browser uses the TLS listener (https page, wss socket,
+a certificate from scripts/make-cert.sh; skipped without openssl); bob deletes his account
+from the page and alice's list loses him; no errors in any console.
 Screenshots of both browsers at desktop and at phone width go to `--screenshots DIR`
 (default target/web-screenshots).
 
@@ -775,7 +777,7 @@ class Scenario:
         remove = "[data-test=device-remove-%d]" % phone_id
         with self.server.client() as phone:
             phone.login("alice", PASSWORDS["alice"], device=self.alice_phone_device)
-            self.alice.click("[data-test=devices]")
+            self.alice.click("[data-test=account]")
             self.alice.wait_for(row)
             self.alice.wait_text("[data-test=device-seen-%d]" % phone_id, "online now")
             check(self.alice.text(row + " .device-name") == self.alice_phone_device.name,
@@ -795,8 +797,8 @@ class Scenario:
             told = [f for f in frames if f.name == "ERROR" and f.is_push]
             check([f["code"] for f in told] == [imclient.ERROR_CODES["NO_SUCH_DEVICE"]],
                   "the phone was told %s" % [(f.name, f.fields) for f in frames])
-        self.alice.click("[data-test=devices-close]")
-        check(self.alice.run("return document.getElementById('devices').hidden;"), "the panel stayed open")
+        self.alice.click("[data-test=account-close]")
+        check(self.alice.run("return document.getElementById('account').hidden;"), "the panel stayed open")
 
     def step_remove_friend(self):
         # alice ends the friendship from the conversation's header (asked twice): the
@@ -825,6 +827,75 @@ class Scenario:
         self.open_conversation(self.alice, "[data-test=conversation-bob]")
         self.alice.wait_message("and one after")
         self.bob.wait_text("[data-test=conversation-status]", "online")
+
+    def notice_is(self, browser, text):
+        browser.wait("return document.querySelector('[data-test=notice]').textContent === arguments[0];",
+                     "the notice %r" % text, text, timeout=60)
+
+    def login_fails(self, name, password):
+        with self.server.client() as probe:
+            try:
+                probe.login(name, password, device=Device.new("probe"))
+            except imclient.ServerError as error:
+                return error.name
+        return None
+
+    def step_change_password(self):
+        # alice changes her password on the page while her phone is connected: a wrong current
+        # password is refused; the right one changes it, the phone is told CREDENTIALS_CHANGED
+        # and closed, the page stays online, and only the new password logs in.
+        old, new = PASSWORDS["alice"], "a new horse for alice"
+        with self.server.client() as phone:
+            phone.login("alice", old, device=self.alice_phone_device)
+            self.alice.click("[data-test=account]")
+            self.alice.wait("return !document.getElementById('account').hidden;", "the account panel")
+            self.shoot(self.alice, "account")
+            self.alice.type("[data-test=password-current]", "not my password")
+            self.alice.type("[data-test=password-new]", new)
+            self.alice.click("[data-test=password-change]")
+            self.notice_is(self.alice, "Wrong password.")
+            phone.ping()
+            self.alice.type("[data-test=password-current]", old)
+            self.alice.type("[data-test=password-new]", new)
+            self.alice.click("[data-test=password-change]")
+            self.notice_is(self.alice, "Password changed; your other devices were logged out.")
+            frames = phone.wait_closed(timeout=WAIT_TIMEOUT)
+            told = [f["code"] for f in frames if f.name == "ERROR" and f.is_push]
+            check(told == [imclient.ERROR_CODES["CREDENTIALS_CHANGED"]],
+                  "the phone was told %s" % [(f.name, f.fields) for f in frames])
+        PASSWORDS["alice"] = new
+        check(self.alice.run("return document.querySelector('[data-test=connection]').dataset.state;") == "online",
+              "the page that changed the password was logged out")
+        check(self.alice.run("return document.querySelector('[data-test=password-new]').value;") == "",
+              "the new password stayed in its field")
+        self.alice.click("[data-test=account-close]")
+        check(self.login_fails("alice", old) == "AUTH_FAILED", "the old password still logs in")
+        check(self.login_fails("alice", new) is None, "the new password does not log in")
+        # alice's remembered keys are the new ones: a reload logs her in again.
+        self.alice.refresh()
+        self.wait_logged_in(self.alice, "alice")
+        self.open_conversation(self.alice, "[data-test=conversation-bob]")
+        self.alice.wait_message("and one after")
+
+    def step_delete_account(self):
+        # bob logs in again and deletes his account (his name typed, his password, asked
+        # twice): his page returns to the login form, alice's list loses him, and his name no
+        # longer logs in.
+        self.login_form(self.bob, "bob", remember=False)
+        self.wait_logged_in(self.bob, "bob")
+        self.bob.click("[data-test=account]")
+        self.bob.wait("return !document.getElementById('account').hidden;", "the account panel")
+        self.bob.type("[data-test=delete-name]", "bob")
+        self.bob.type("[data-test=delete-password]", PASSWORDS["bob"])
+        self.bob.click("[data-test=delete-account]")
+        check(not self.bob.run("return document.getElementById('chat').hidden;"),
+              "one click deleted the account without asking")
+        self.bob.click("[data-test=delete-account]")
+        self.bob.wait_text("[data-test=login-status]", "Your account was deleted.", timeout=60)
+        self.bob.wait_for("[data-test=login-form]")
+        self.alice.wait("return !document.querySelector('[data-test=conversation-bob]');",
+                        "bob to leave alice's list")
+        check(self.login_fails("bob", PASSWORDS["bob"]) == "AUTH_FAILED", "the deleted account still logs in")
 
     def step_consoles_clean(self):
         # Failed WebSocket connections while the server was down are expected; anything else
@@ -855,8 +926,11 @@ class Scenario:
         ("server restart: reconnect, the unsent message sent once", "step_reconnect_and_resend"),
         ("removing a friend (asked twice); the other page is told; friends again",
          "step_remove_friend"),
+        ("changing the password: a wrong one refused, the other devices logged out, a reload logs in",
+         "step_change_password"),
         ("logout: a reload shows the login form", "step_logout"),
         ("the TLS listener: the page over https, its socket over wss", "step_https_and_wss"),
+        ("deleting the account (asked twice): back to the login form, friends told", "step_delete_account"),
         ("no errors in the browsers' consoles", "step_consoles_clean"),
     ]
 

@@ -45,7 +45,8 @@ const PING_MAX_MS = 30000;
 function explain(error) {
   if (error instanceof ServerError) {
     switch (error.code) {
-      case Err.AUTH_FAILED: return 'Wrong username or password.';
+      // Logged in, a failed proof is a wrong password typed to change it or delete the account.
+      case Err.AUTH_FAILED: return state.online ? 'Wrong password.' : 'Wrong username or password.';
       case Err.USERNAME_TAKEN: return 'That username is taken.';
       case Err.INVALID_USERNAME: return 'A username is 1 to 32 letters, digits, _ . or -.';
       case Err.TOO_MANY_ATTEMPTS: return 'Too many failed attempts; try again.';
@@ -147,7 +148,7 @@ function resetUserState(username, remember) {
   state.groups.clear();
   state.convs.clear();
   state.current = null;
-  $('#devices').hidden = true;
+  $('#account').hidden = true;
   state.remember = remember;
   state.view = { convs: {}, peerRead: {}, gap: null };
   state.outbox = [];
@@ -697,12 +698,57 @@ async function removeFriend(conv) {
   render();
 }
 
-async function showDevices() {
+async function showAccount() {
   if (!state.conn || !state.online) { notice('Not connected.'); return; }
   const answer = await act(state.conn.request(Op.DEVICE_LIST));
   if (!answer) return;
   renderDevices(answer.devices);
-  $('#devices').hidden = false;
+  $('#account').hidden = false;
+}
+
+/**
+ * A fresh proof of `password` for changing the password or deleting the account
+ * (PROTOCOL.md §5, "Your account"): the same SCRAM exchange as at login, on this connection.
+ */
+async function freshProof(password) {
+  const clientNonce = scram.randomBytes(24);
+  const { salt, iterations, nonce } = await state.conn.request(Op.REAUTH_START, { client_nonce: clientNonce });
+  if (!scram.sameBytes(nonce.subarray(0, clientNonce.length), clientNonce)) {
+    throw new Error('The server answered another challenge.');
+  }
+  const keys = await scram.deriveKeys(password, salt, iterations);
+  return scram.clientProof(keys, scram.authMessage(state.me, clientNonce, salt, iterations, nonce));
+}
+
+async function changePassword(current, next) {
+  if (!state.conn || !state.online) { notice('Not connected.'); return false; }
+  notice('Checking your password…');
+  const changed = await act((async () => {
+    const clientProof = await freshProof(current);
+    const salt = scram.randomBytes(16);
+    const iterations = scram.registrationIterations(state.hello.min_kdf_iterations);
+    const keys = await scram.deriveKeys(next, salt, iterations);
+    await state.conn.request(Op.PASSWORD_CHANGE, {
+      client_proof: clientProof, salt, iterations, stored_key: keys.storedKey, server_key: keys.serverKey,
+    });
+    return keys;
+  })(), 'Password changed; your other devices were logged out.');
+  if (!changed) return false;
+  // This connection stays logged in; a reconnect or reload logs in with the new keys.
+  state.keys = changed;
+  if (state.remember) storage.set(SESSION_KEY, keysToStorage(state.me, changed));
+  return true;
+}
+
+async function deleteAccount(name, password) {
+  if (!state.conn || !state.online) { notice('Not connected.'); return; }
+  if (lower(name) !== lower(state.me)) { notice(`Type your username, ${state.me}, to delete the account.`); return; }
+  notice('Checking your password…');
+  const deleted = await act((async () => {
+    await state.conn.request(Op.ACCOUNT_DELETE, { client_proof: await freshProof(password) });
+    return true;
+  })());
+  if (deleted) forgetSession('Your account was deleted.');
 }
 
 async function removeDevice(device, button) {
@@ -710,7 +756,7 @@ async function removeDevice(device, button) {
   confirmTwice(button, String(device.device_id), 'Remove? Click again', async () => {
     const answer = await act(state.conn.request(Op.DEVICE_REMOVE, { device_id: device.device_id }),
       `${device.name} was removed and logged out.`);
-    if (answer) await showDevices();
+    if (answer) await showAccount();
   });
 }
 
@@ -797,8 +843,29 @@ function wire() {
     const conv = state.current && state.convs.get(state.current);
     if (conv && !conv.group) confirmTwice(unfriend, conv.key, 'Remove? Click again', () => removeFriend(conv));
   });
-  $('[data-test=devices]').addEventListener('click', showDevices);
-  $('[data-test=devices-close]').addEventListener('click', () => { $('#devices').hidden = true; });
+  $('[data-test=account]').addEventListener('click', showAccount);
+  $('[data-test=account-close]').addEventListener('click', () => { $('#account').hidden = true; });
+  $('#password-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const current = $('[data-test=password-current]');
+    const next = $('[data-test=password-new]');
+    if (!current.value || !next.value) return;
+    if (await changePassword(current.value, next.value)) {
+      current.value = '';
+      next.value = '';
+    }
+  });
+  $('#delete-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const name = $('[data-test=delete-name]').value.trim();
+    const password = $('[data-test=delete-password]');
+    const button = $('[data-test=delete-account]');
+    confirmTwice(button, 'delete', 'Delete for good? Click again', () => {
+      const typed = password.value;
+      password.value = '';
+      deleteAccount(name, typed);
+    });
+  });
   $('#invite-form').addEventListener('submit', (event) => {
     event.preventDefault();
     const name = $('[data-test=invite-name]').value;
