@@ -121,6 +121,48 @@ fn insert_statement(waiting: usize) -> (&'static str, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Channel, MessageKind};
+
+    fn message(body: &[u8]) -> NewMessage<'_> {
+        NewMessage {
+            channel: Channel(1),
+            sender: 1,
+            client_msg_id: 1,
+            kind: MessageKind::Text,
+            sent_at: 0,
+            body,
+            device: 0,
+        }
+    }
+
+    #[test]
+    fn a_set_is_full_at_32_rows() {
+        let mut pending = PendingRows::default();
+        assert!(pending.is_empty());
+        for id in 1..=31 {
+            pending.push(id, &message(b"x"), 0);
+            assert!(!pending.is_full(), "{id} rows");
+        }
+        assert!(!pending.is_empty());
+        pending.push(32, &message(b"x"), 0);
+        assert!(pending.is_full());
+        pending.clear();
+        assert!(pending.is_empty() && !pending.is_full());
+    }
+
+    /// Bodies of up to `--max-body` each, 32 at a time: a buffer of up to a megabyte is kept
+    /// for the next set, a larger one (large bodies) is given back down to 64 KiB.
+    #[test]
+    fn clearing_keeps_a_body_buffer_up_to_a_megabyte_and_gives_back_a_larger_one() {
+        let mut pending = PendingRows::default();
+        pending.bodies.reserve_exact(1 << 20);
+        pending.push(1, &message(&[7; 100_000]), 0);
+        pending.clear();
+        assert_eq!(pending.bodies.capacity(), 1 << 20);
+        pending.push(2, &message(&vec![7; 2 << 20]), 0);
+        pending.clear();
+        assert_eq!(pending.bodies.capacity(), 1 << 16);
+    }
 
     #[test]
     fn rows_go_in_the_largest_statements_that_fit() {

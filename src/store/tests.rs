@@ -629,3 +629,31 @@ fn a_message_row_that_fails_at_the_commit_rolls_back_its_batch() {
     let page = store.history(channel, HistoryDirection::Older, 0, 200, usize::MAX).unwrap();
     assert_eq!(page.rows.iter().map(|r| (r.id, r.body.as_slice())).collect::<Vec<_>>(), vec![(later, &b"later"[..])]);
 }
+
+/// The rows reach SQLite 32 at a time as they are stored, not all at the commit: a batch of
+/// thousands of messages holds at most one set in memory.
+#[test]
+fn message_rows_reach_the_table_a_full_set_at_a_time() {
+    let (_dir, mut store, _) = filled(1000, 0, 1);
+    store.make_friends(1, 2, 0).unwrap();
+    assert!(store.finish_iteration());
+    let in_table =
+        |store: &Store| -> i64 { store.db.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap() };
+    for n in 1..=64 {
+        send(&mut store, 1, 2, "x");
+        assert_eq!(
+            in_table(&store),
+            if n < 32 {
+                0
+            } else if n < 64 {
+                32
+            } else {
+                64
+            },
+            "after {n} sends"
+        );
+    }
+    send(&mut store, 1, 2, "x");
+    assert!(store.finish_iteration());
+    assert_eq!(in_table(&store), 65);
+}
