@@ -321,14 +321,16 @@ class Browser:
               id: m.dataset.id || null}));""")
 
     def wait_message(self, body, state=None, timeout=WAIT_TIMEOUT):
-        """Waits until the open conversation shows `body` (in `state`, for one's own)."""
+        """Waits until the open conversation shows `body` (in `state`, for one's own; a tuple
+        of states accepts any of them)."""
+        states = None if state is None else list(state) if isinstance(state, tuple) else [state]
         script = """
             return [...document.querySelectorAll('[data-test=message]')].some((m) =>
               m.querySelector('.body').textContent === arguments[0]
-              && (arguments[1] === null || m.dataset.state === arguments[1]));"""
+              && (arguments[1] === null || arguments[1].includes(m.dataset.state)));"""
         try:
-            self.wait(script, "message %r%s" % (body, " (%s)" % state if state else ""),
-                      body, state, timeout=timeout)
+            self.wait(script, "message %r%s" % (body, " (%s)" % "/".join(states) if states else ""),
+                      body, states, timeout=timeout)
         except CheckFailed as error:
             raise CheckFailed("%s; the conversation shows %s" % (error, self.messages()))
 
@@ -722,7 +724,8 @@ class Scenario:
         self.alice.wait_message("sent while the server was down", "sending")
         self.server.restart()
         self.wait_logged_in(self.alice, "alice")
-        self.alice.wait_message("sent while the server was down", "sent")
+        # Stored: bob's page, open on the conversation, may read it before a poll sees "sent".
+        self.alice.wait_message("sent while the server was down", ("sent", "read"))
         self.wait_logged_in(self.bob, "bob")
         self.bob.wait_message("sent while the server was down")
         self.send(self.alice, "and one after")
