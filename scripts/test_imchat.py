@@ -146,6 +146,10 @@ class Screen:
         tmux.run("new-session", "-d", "-s", name, "-x", "120", "-y", "40", "-c", REPO,
                  "env LANG=C.UTF-8 TERM=screen bash --noprofile --rcfile %s -i" % rcfile)
         tmux.run("set-option", "-t", self.target, "history-limit", "5000")
+        # The rcfile sets the prompt, but CI once showed a shell with the system's prompt
+        # ("root@vm:/tmp/cc#") instead: set it again by hand, so every wait for "$" holds.
+        self.type("PS1='$ '")
+        self.clear()
 
     def type(self, text, enter=True):
         if text:
