@@ -20,8 +20,10 @@
 //! - [`acceptor`]: taking new connections, and surviving the lack of file descriptors.
 //! - [`ctl`]: the operator's Unix socket (`im-server ctl`): stats, users, disable, delete.
 //! - [`server`]: the mio poll loop — accept, read, dispatch, commit, flush, close.
+//! - [`buffer`]: byte buffers reused across batches, and when they give memory back.
 
 pub mod acceptor;
+pub mod buffer;
 pub mod cmd;
 pub mod config;
 pub mod conns;

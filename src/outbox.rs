@@ -199,12 +199,7 @@ impl Outbox {
                 }
             }
         }
-        self.buf.clear();
-        // A batch that staged more than a megabyte (a large fan-out) gives it back, so that
-        // one burst does not keep an idle server's memory; the next batch starts at 64 KiB.
-        if self.buf.capacity() > 1 << 20 {
-            self.buf.shrink_to(1 << 16);
-        }
+        crate::buffer::clear_and_give_back(&mut self.buf);
         self.command_start = 0;
     }
 }

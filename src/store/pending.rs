@@ -93,10 +93,7 @@ impl PendingRows {
     /// Forgets every pending row. A buffer grown past a megabyte by large bodies is given back.
     pub fn clear(&mut self) {
         self.rows.clear();
-        self.bodies.clear();
-        if self.bodies.capacity() > 1 << 20 {
-            self.bodies.shrink_to(1 << 16);
-        }
+        crate::buffer::clear_and_give_back(&mut self.bodies);
     }
 }
 
