@@ -31,8 +31,7 @@ impl Process {
     /// running. A server's forks (Redis rewriting its append-only file) are its own work, not
     /// other work on the machine.
     pub fn family_cpu_ticks(self) -> Option<u64> {
-        let fields = stat_fields(&self.path("stat"))?;
-        let own = field(&fields, 11)? + field(&fields, 12)? + field(&fields, 13)? + field(&fields, 14)?;
+        let own = with_ended_children(&stat_fields(&self.path("stat"))?)?;
         let pid = match self {
             Process::Pid(pid) => pid,
             Process::Myself => std::process::id(),
@@ -103,10 +102,13 @@ fn live_children_ticks(parent: u32) -> u64 {
         .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
         .filter_map(|pid| stat_fields(&format!("/proc/{pid}/stat")))
         .filter(|fields| fields.get(1) == Some(&parent))
-        .filter_map(|fields| {
-            Some(field(&fields, 11)? + field(&fields, 12)? + field(&fields, 13)? + field(&fields, 14)?)
-        })
+        .filter_map(|fields| with_ended_children(&fields))
         .sum()
+}
+
+/// A process's own user and system ticks plus those of its ended children (fields 14 to 17).
+fn with_ended_children(fields: &[String]) -> Option<u64> {
+    Some(field(fields, 11)? + field(fields, 12)? + field(fields, 13)? + field(fields, 14)?)
 }
 
 /// Busy time of the whole machine so far, in ticks summed over every CPU (`/proc/stat`).
