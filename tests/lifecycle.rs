@@ -6,7 +6,7 @@ mod support;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{Message, Target, TestServer, code, make_friends, req};
+use support::{Message, Target, TestServer, alice_and_bob, code, make_friends, req};
 
 #[test]
 fn connection_limit() {
@@ -171,9 +171,7 @@ fn cpu_time(pid: u32) -> Duration {
 #[test]
 fn an_idle_server_sleeps_until_something_happens() {
     let server = TestServer::start();
-    let mut alice = server.user("alice");
-    let mut bob = server.user("bob");
-    make_friends(&mut alice, &mut bob);
+    let (mut alice, mut bob) = alice_and_bob(&server);
     alice.call(req::send("bob", 1, "hi")).sent();
     bob.push();
     // Two seconds with connections open and nothing to do: a loop that polled without
