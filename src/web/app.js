@@ -691,11 +691,8 @@ async function removeFriend(conv) {
     `You and ${friend.name} are no longer friends.`);
   if (!answer) return;
   state.friends.delete(conv.peer);
-  if (state.current === conv.key) {
-    state.current = null;
-    document.body.classList.remove('show-conversation');
-  }
-  render();
+  if (state.current === conv.key) closeConversation();
+  else render();
 }
 
 async function showAccount() {
@@ -788,10 +785,14 @@ async function leaveGroup(conv) {
     `You left ${conv.title}.`);
   if (!answer) return;
   state.groups.delete(String(conv.groupId));
-  if (state.current === conv.key) {
-    state.current = null;
-    document.body.classList.remove('show-conversation');
-  }
+  if (state.current === conv.key) closeConversation();
+  else render();
+}
+
+/** Back to the list: no conversation shown (on a phone-sized screen, the list again). */
+function closeConversation() {
+  document.body.classList.remove('show-conversation');
+  state.current = null;
   render();
 }
 
@@ -886,11 +887,6 @@ function wire() {
   composer.addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) { event.preventDefault(); submit(); }
   });
-  const closeConversation = () => {
-    document.body.classList.remove('show-conversation');
-    state.current = null;
-    render();
-  };
   $('[data-test=back]').addEventListener('click', () => {
     if (history.state && history.state.conversation) history.back(); // popstate closes it
     else closeConversation();
